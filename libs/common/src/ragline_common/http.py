@@ -1,0 +1,135 @@
+"""HTTP side shared by every service: app factory, request-id/metrics middleware, error handlers, probes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ragline_common import context
+from ragline_common.errors import RaglineError
+from ragline_common.health import Readiness
+from ragline_common.metrics import RequestMetrics
+
+log = logging.getLogger(__name__)
+
+_PROBE_PATHS = {"/healthz", "/readyz", "/metrics"}
+
+
+def error_body(message: str, kind: str, code: int | str | None = None, param: str | None = None) -> dict[str, Any]:
+    """The OpenAI error envelope, used by every route so clients parse one shape."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(exc: RaglineError) -> JSONResponse:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return JSONResponse(error_body(exc.message, exc.kind, exc.http_status), exc.http_status, headers=headers)
+
+
+class RequestContextMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware overhead): request id in and out, RED metrics per route template."""
+
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = dict(scope.get("headers") or ())
+        request_id = context.accept_request_id(
+            headers.get(context.REQUEST_ID_HEADER.encode(), b"").decode("latin-1") or None
+        )
+        context.request_id_var.set(request_id)
+        context.deadline_var.set(None)
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        path = scope.get("path", "")
+        track = path not in _PROBE_PATHS
+        if track:
+            self.metrics.in_flight.labels(self.metrics.service, "http").inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if track:
+                self.metrics.in_flight.labels(self.metrics.service, "http").dec()
+                route = scope.get("route")
+                method = f"{scope.get('method', '')} {getattr(route, 'path', 'unmatched')}"
+                self.metrics.observe("http", method, str(status), time.perf_counter() - start)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    parts = []
+    param = None
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        where = ".".join(loc) or "body"
+        param = param or where
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request", param
+
+
+def create_app(
+    *, service: str, version: str, readiness: Readiness, metrics: RequestMetrics, **fastapi_kwargs: Any
+) -> FastAPI:
+    app = FastAPI(title=f"ragline {service}", version=version, **fastapi_kwargs)
+    app.state.readiness = readiness
+    app.state.metrics = metrics
+
+    @app.exception_handler(RaglineError)
+    async def _ragline(_: Request, exc: RaglineError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return JSONResponse(error_body(message, "invalid_request_error", 400, param), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(
+            error_body(str(exc.detail), kind, exc.status_code), exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error in HTTP handler", exc_info=exc)
+        message = f"internal error; see the service logs for request id {context.request_id_var.get()}"
+        return JSONResponse(error_body(message, "internal_error", 500), 500)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        if readiness.ready:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready", "reasons": readiness.reasons()}, 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app

