@@ -61,9 +61,7 @@ def map_rpc_error(exc: grpc.aio.AioRpcError, peer: str) -> RaglineError:
     return from_grpc(code, exc.details(), trailing)
 
 
-async def unary(
-    method: Callable[..., Awaitable[R]], request: Any, *, peer: str, timeout: float
-) -> R:
+async def unary(method: Callable[..., Awaitable[R]], request: Any, *, peer: str, timeout: float) -> R:
     """Call a unary RPC with this request's remaining deadline and id; raise the mapped error on failure."""
     try:
         return await method(request, timeout=timeout_for(timeout), metadata=metadata())
@@ -71,9 +69,7 @@ async def unary(
         raise map_rpc_error(exc, peer) from None
 
 
-async def stream(
-    method: Callable[..., Any], request: Any, *, peer: str, timeout: float
-) -> AsyncIterator[Any]:
+async def stream(method: Callable[..., Any], request: Any, *, peer: str, timeout: float) -> AsyncIterator[Any]:
     call = method(request, timeout=timeout_for(timeout), metadata=metadata())
     try:
         async for item in call:
@@ -95,6 +91,8 @@ def health_probe(channel: grpc.aio.Channel, service: str, timeout: float = 2.0) 
         except grpc.aio.AioRpcError as exc:
             raise ConnectionError(f"{service}: {exc.code().name} {exc.details()}") from None
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
-            raise ConnectionError(f"{service} reports {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+            raise ConnectionError(
+                f"{service} reports {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+            )
 
     return probe

@@ -115,11 +115,7 @@ def add_servicer(
         fn = getattr(servicer, method.name)
         request_cls = db.GetSymbol(method.input_type.full_name)
         if method.server_streaming:
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(fn, request_cls, metrics, method.name)
-            )
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(_stream(fn, request_cls, metrics, method.name))
         else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(fn, request_cls, metrics, method.name)
-            )
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unary(fn, request_cls, metrics, method.name))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

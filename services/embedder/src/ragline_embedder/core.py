@@ -110,7 +110,9 @@ class Embedder:
         )
         # Warm up: the first call pays for lazy initialisation, not a user.
         self._encode(["warm up"])
-        log.info("loaded %s (%s, dim %d) on %s in %.1fs", model_id, revision, dim, device, time.perf_counter() - started)
+        log.info(
+            "loaded %s (%s, dim %d) on %s in %.1fs", model_id, revision, dim, device, time.perf_counter() - started
+        )
         return self.info
 
     def start(self) -> None:

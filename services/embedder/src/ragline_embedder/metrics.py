@@ -32,9 +32,7 @@ class EmbedderMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.queue_depth = Gauge(
-            "ragline_embedder_queue_depth", "Texts waiting for the model.", registry=registry
-        )
+        self.queue_depth = Gauge("ragline_embedder_queue_depth", "Texts waiting for the model.", registry=registry)
         self.texts = Counter("ragline_embedder_texts_total", "Texts embedded.", registry=registry)
         self.tokens = Counter("ragline_embedder_tokens_total", "Tokens embedded (after truncation).", registry=registry)
         self.truncated = Counter(

@@ -31,5 +31,7 @@ class EmbedderSettings(ServiceSettings):
         1024, ge=1, description="Texts allowed to wait for the model; beyond it requests get 429 at once."
     )
     max_texts_per_request: int = Field(256, ge=1, description="Texts one request may carry (400 above).")
-    max_text_bytes: int = Field(65536, ge=1, description="Bytes one text may have (413 above); longer texts are truncated by the model anyway.")
+    max_text_bytes: int = Field(
+        65536, ge=1, description="Bytes one text may have (413 above); longer texts are truncated by the model anyway."
+    )
     request_timeout_seconds: float = Field(30.0, gt=0, description="Deadline for HTTP requests that bring none.")
