@@ -24,7 +24,7 @@ $(STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
 	@touch $(STAMP)
 
 up: $(STAMP)
-	$(BIN)/python scripts/localstack.py up
+	$(BIN)/python -m ragline_cli.localstack up
 
 test: $(STAMP)
 	$(BIN)/python libs/proto/generate.py --check

@@ -1,0 +1,234 @@
+"""Run the four services as separate processes on loopback: `make up`, the e2e tests and the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+SERVICES = ("embedder", "retriever", "generator", "api")
+DEFAULT_PORTS = {
+    "api": (8080, 50050),
+    "embedder": (8081, 50051),
+    "retriever": (8082, 50052),
+    "generator": (8083, 50053),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    http_port: int
+    grpc_port: int
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_addr(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+@dataclass
+class Stack:
+    """The whole pipeline on 127.0.0.1; every process it starts it also stops, by PID."""
+
+    data_dir: Path
+    ports: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    threads: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    @classmethod
+    def on_free_ports(cls, data_dir: Path, **kwargs: object) -> Stack:
+        ports = {name: (free_port(), free_port()) for name in SERVICES}
+        return cls(data_dir=data_dir, ports=ports, **kwargs)  # type: ignore[arg-type]
+
+    def _env(self, name: str) -> dict[str, str]:
+        http, grpc = self.ports[name]
+        p = name.upper() + "_"
+        env = {
+            p + "HOST": "127.0.0.1",
+            p + "HTTP_PORT": str(http),
+            p + "GRPC_PORT": str(grpc),
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        # Two cores, four processes: each model gets a deliberate share instead of every core each.
+        env[p + "THREADS"] = str(self.threads.get(name, 2 if name == "generator" else 1))
+        grpc_of = {n: f"127.0.0.1:{self.ports[n][1]}" for n in SERVICES}
+        if name == "retriever":
+            env["RETRIEVER_EMBEDDER_ADDR"] = grpc_of["embedder"]
+            env["RETRIEVER_DATA_DIR"] = str(self.data_dir / "retriever")
+        if name == "api":
+            env["API_RETRIEVER_ADDR"] = grpc_of["retriever"]
+            env["API_GENERATOR_ADDR"] = grpc_of["generator"]
+            env["API_EMBEDDER_ADDR"] = grpc_of["embedder"]
+            env.setdefault("API_ENABLE_AUTH", "false")
+        env.update(self.extra_env.get(name, {}))
+        return env
+
+    def start(self, name: str) -> Proc:
+        log_dir = self.data_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        http, grpc = self.ports[name]
+        proc = Proc(name, http, grpc, self._env(name), log_dir / f"{name}.log")
+        env = {**os.environ, **proc.env}
+        log = proc.log_path.open("ab")
+        proc.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", f"ragline_{name}"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_all(self) -> None:
+        for name in SERVICES:
+            self.start(name)
+
+    def wait_ready(self, names: tuple[str, ...] = SERVICES, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = set(names)
+        with httpx.Client(timeout=2.0) as client:
+            while pending:
+                for name in sorted(pending):
+                    proc = self.procs[name]
+                    assert proc.popen is not None
+                    if proc.popen.poll() is not None:
+                        raise RuntimeError(
+                            f"{name} exited with code {proc.popen.returncode}; last log lines:\n{self.tail(name)}"
+                        )
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get(proc.url + "/readyz").status_code == 200:
+                            pending.discard(name)
+                if not pending:
+                    break
+                if time.monotonic() > deadline:
+                    reasons = {}
+                    for name in pending:
+                        with contextlib.suppress(httpx.HTTPError, ValueError):
+                            reasons[name] = client.get(self.procs[name].url + "/readyz").json()
+                    raise TimeoutError(f"not ready after {timeout:.0f}s: {reasons}")
+                time.sleep(0.25)
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.procs[name].log_path
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        popen = self.procs[name].popen
+        if popen and popen.poll() is None:
+            popen.send_signal(sig)
+            popen.wait(timeout=60)
+
+    def stop(self, name: str, timeout: float = 30.0) -> int | None:
+        popen = self.procs[name].popen
+        if popen is None:
+            return None
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait(timeout=10)
+        return popen.returncode
+
+    def stop_all(self) -> None:
+        # The edge first, so nothing new enters while the rest drains.
+        for name in reversed(SERVICES):
+            if name in self.procs:
+                self.stop(name)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['api'][0]}"
+
+
+@contextlib.contextmanager
+def running_stack(data_dir: Path, **kwargs: object) -> Iterator[Stack]:
+    stack = Stack.on_free_ports(data_dir, **kwargs)
+    try:
+        stack.start_all()
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+def up(args: argparse.Namespace) -> int:
+    stack = Stack(data_dir=Path(args.data_dir).resolve())
+    for name, (http, grpc) in DEFAULT_PORTS.items():
+        p = name.upper() + "_"
+        stack.ports[name] = (int(os.environ.get(p + "HTTP_PORT", http)), int(os.environ.get(p + "GRPC_PORT", grpc)))
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.monotonic()
+    print(f"starting embedder, retriever, generator, api (logs in {stack.data_dir / 'logs'}) …", flush=True)
+    try:
+        stack.start_all()
+        stack.wait_ready()
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"ragline did not start: {exc}", file=sys.stderr)
+        stack.stop_all()
+        return 1
+    print(
+        f"\nragline is up in {time.monotonic() - started:.0f}s: {stack.api_url}\n"
+        "  auth is OFF: the api listens on 127.0.0.1 only (compose and Kubernetes turn it on)\n"
+        f"  try: ragline ingest /usr/share/doc/bash && ragline ask 'What is bash?'\n"
+        f"       curl -s {stack.api_url}/v1/query -H 'content-type: application/json' "
+        '-d \'{"question": "What is bash?"}\'\n'
+        "  Ctrl-C stops all four services.",
+        flush=True,
+    )
+    while not stop:
+        for name, proc in stack.procs.items():
+            if proc.popen and proc.popen.poll() is not None:
+                print(
+                    f"{name} exited ({proc.popen.returncode}); stopping the stack:\n{stack.tail(name)}", file=sys.stderr
+                )
+                stop = True
+        time.sleep(0.5)
+    print("stopping …", flush=True)
+    stack.stop_all()
+    print("stopped.", flush=True)
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m ragline_cli.localstack", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start the four services on loopback and wait for Ctrl-C")
+    p_up.add_argument("--data-dir", default=os.environ.get("RAGLINE_DATA_DIR", "var"), help="state and logs")
+    args = parser.parse_args()
+    raise SystemExit(up(args))
+
+
+if __name__ == "__main__":
+    main()
