@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ragline_common import context
+from ragline_common import context, tracing
 from ragline_common.errors import DeadlineExceeded, RaglineError, Unavailable, from_grpc
 
 R = TypeVar("R")
@@ -33,7 +33,8 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 
 def make_channel(addr: str, interceptors: list[Any] | None = None) -> grpc.aio.Channel:
     """One long-lived channel per downstream; `addr` is host:port or any gRPC target (dns:///…)."""
-    return grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS, interceptors=interceptors)
+    interceptors = [*tracing.client_interceptors(), *(interceptors or [])]
+    return grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS, interceptors=interceptors or None)
 
 
 def metadata() -> tuple[tuple[str, str], ...]:

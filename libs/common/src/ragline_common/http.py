@@ -9,11 +9,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ragline_common import context
+from ragline_common import context, tracing
 from ragline_common.errors import RaglineError
 from ragline_common.health import Readiness
 from ragline_common.metrics import RequestMetrics
@@ -60,16 +61,29 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                extra = [(b"x-request-id", request_id.encode())]
+                trace_id = tracing.current_trace_id()
+                if trace_id:
+                    extra.append((b"x-trace-id", trace_id.encode()))
+                message["headers"] = [*message["headers"], *extra]
             await send(message)
 
         path = scope.get("path", "")
         track = path not in _PROBE_PATHS
         if track:
             self.metrics.in_flight.labels(self.metrics.service, "http").inc()
+        span_cm = None
+        if track and tracing.enabled():
+            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+            span_cm = trace.get_tracer("ragline.http").start_as_current_span(
+                f"{scope.get('method', '')} {path}", context=propagate.extract(carrier), kind=trace.SpanKind.SERVER
+            )
+            span_cm.__enter__()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            if span_cm is not None:
+                span_cm.__exit__(None, None, None)
             if track:
                 self.metrics.in_flight.labels(self.metrics.service, "http").dec()
                 route = scope.get("route")

@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 from grpc_health.v1 import health_pb2_grpc
 
+from ragline_common import tracing
 from ragline_common.grpc_client import MAX_MESSAGE_BYTES
 from ragline_common.health import Readiness
 from ragline_common.settings import ServiceSettings
@@ -84,7 +85,7 @@ async def run(service: Service, *, handle_signals: bool = True) -> None:
     service.http_port = sock.getsockname()[1]
 
     server = grpc.aio.server(
-        interceptors=service.grpc_interceptors or None,
+        interceptors=[*tracing.server_interceptors(), *service.grpc_interceptors] or None,
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

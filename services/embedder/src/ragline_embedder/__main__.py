@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from prometheus_client import CollectorRegistry
 
@@ -15,6 +16,7 @@ from ragline_common.metrics import RequestMetrics
 from ragline_common.serve import Service
 from ragline_common.serve import main as serve_main
 from ragline_common.settings import ReleaseSettings, effective_threads, load_settings
+from ragline_common.tracing import configure_tracing
 from ragline_embedder import __version__
 from ragline_embedder.core import Embedder
 from ragline_embedder.metrics import EmbedderMetrics
@@ -23,6 +25,12 @@ from ragline_embedder.servicer import EmbedderServicer
 from ragline_embedder.settings import EmbedderSettings
 
 SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"]
+
+log = logging.getLogger(__name__)
+
+
+class LoadFailed(Exception):
+    """The model could not be loaded; the process stops (and Kubernetes shows the restart)."""
 
 
 def build(settings: EmbedderSettings) -> Service:
@@ -36,11 +44,19 @@ def build(settings: EmbedderSettings) -> Service:
     app.include_router(router)
 
     async def startup() -> None:
-        await asyncio.to_thread(core.load)
-        core.start()
+        try:
+            await asyncio.to_thread(core.load)
+            await core.start()
+        except Exception as exc:
+            # Serving "not ready" forever would hide the cause; stop so the failure is seen and restarted.
+            log.exception("cannot load model %r; stopping", settings.model or "(default all-MiniLM-L6-v2)")
+            await readiness.set("model", False, f"load failed: {exc}")
+            service.failure = exc
+            service.request_stop()
+            return
         await readiness.set("model", True)
 
-    return Service(
+    service = EmbedderService(
         name="embedder",
         settings=settings,
         env_prefix="EMBEDDER_",
@@ -50,13 +66,30 @@ def build(settings: EmbedderSettings) -> Service:
         startup=startup,
         shutdown=core.close,
     )
+    return service
+
+
+class EmbedderService(Service):
+    """A Service that remembers why it stopped early, so that main() can exit non-zero."""
+
+    failure: BaseException | None = None
 
 
 def main() -> None:
     settings = load_settings(EmbedderSettings)
     release = load_settings(ReleaseSettings)
     configure_logging("embedder", settings.log_level, release.release)
-    serve_main(lambda: build(settings))
+    configure_tracing("embedder", release.release)
+    built: list[EmbedderService] = []
+
+    def _build() -> Service:
+        svc = build(settings)
+        built.append(svc)  # type: ignore[arg-type]
+        return svc
+
+    serve_main(_build)
+    if built and built[0].failure is not None:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
