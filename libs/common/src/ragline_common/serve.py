@@ -136,6 +136,8 @@ async def run(service: Service, *, handle_signals: bool = True) -> None:
 
     log.info("draining: not ready, finishing in-flight requests (up to %.0fs)", s.shutdown_grace_seconds)
     await service.readiness.drain()
+    if s.drain_seconds:
+        await asyncio.sleep(s.drain_seconds)
     http.should_exit = True
     await asyncio.gather(server.stop(s.shutdown_grace_seconds), http_task, return_exceptions=True)
     stop_task.cancel()

@@ -30,6 +30,12 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         20.0, gt=0, description="On SIGTERM: how long in-flight requests get to finish before the process exits."
     )
+    drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="On SIGTERM: keep serving this long while reporting not-ready, so load balancers "
+        "and endpoints stop sending new work before the listeners close (0 when a preStop hook waits instead).",
+    )
     threads: int = Field(
         0,
         ge=0,
