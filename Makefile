@@ -7,10 +7,18 @@ STAMP := $(VENV)/.ragline-installed
 PACKAGES := libs/proto libs/common services/embedder services/retriever services/generator services/api cli
 PYPROJECTS := $(wildcard $(addsuffix /pyproject.toml,$(PACKAGES)))
 PYTEST_ARGS ?=
+# checkov scans the manifests and Dockerfiles from its own venv: it pins packages (openai 0.28 …)
+# that would break the project's own tests.
+CHECKOV_VERSION ?= 3.3.30
+CHECKOV := .venv-checkov/bin/checkov
 
 .PHONY: install up test test-fast lint proto proto-check bench soak constraints clean
 
-install: $(STAMP)
+install: $(STAMP) $(CHECKOV)
+
+$(CHECKOV):
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install -q checkov==$(CHECKOV_VERSION)
 
 # Installs only when a dependency list changed, so a second `make up` starts at once.
 $(STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
@@ -26,7 +34,7 @@ $(STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
 up: $(STAMP)
 	$(BIN)/python -m ragline_cli.localstack up
 
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV)
 	$(BIN)/python libs/proto/generate.py --check
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
