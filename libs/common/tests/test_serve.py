@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from ragline_common.health import Readiness
 from ragline_common.http import create_app
 from ragline_common.metrics import RequestMetrics
-from ragline_common.serve import PortInUse, Service, run
+from ragline_common.serve import PortInUse, Service, StartupFailed, run
 from ragline_common.settings import ServiceSettings
 from ragline_common.testing import running
 
@@ -83,3 +83,14 @@ async def test_stop_turns_unready_then_finishes_in_flight_requests() -> None:
             release.set()
             response = await in_flight
             assert response.status_code == 200 and response.json() == {"done": "yes"}
+
+
+async def test_a_failed_startup_stops_the_service_with_an_error() -> None:
+    svc, _ = make_service()
+
+    async def broken() -> None:
+        raise FileNotFoundError("model.gguf")
+
+    svc.startup = broken
+    with pytest.raises(StartupFailed, match="FileNotFoundError: model.gguf"):
+        await asyncio.wait_for(run(svc, handle_signals=False), 30)

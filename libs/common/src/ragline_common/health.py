@@ -7,6 +7,8 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
+import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
@@ -87,3 +89,33 @@ async def watch(
         await readiness.set(name, True)
         backoff = 0.2
         await asyncio.sleep(interval)
+
+
+def add_health_to_server(servicer: health_aio.HealthServicer, server: grpc.aio.Server) -> None:
+    """The stock health servicer behind our own request parsing.
+
+    grpc's generated registration lets the library deserialize, and bytes that are not a HealthCheckRequest
+    then fail as UNKNOWN ("Exception deserializing request"); a probe with bad bytes is the caller's fault.
+    """
+
+    async def parse(raw: bytes, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckRequest:
+        try:
+            return health_pb2.HealthCheckRequest.FromString(raw)
+        except DecodeError:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid grpc.health.v1.HealthCheckRequest"
+            )
+            raise AssertionError("unreachable") from None  # abort always raises
+
+    async def check(raw: bytes, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        return await servicer.Check(await parse(raw, context), context)
+
+    async def watch(raw: bytes, context: grpc.aio.ServicerContext) -> None:
+        await servicer.Watch(await parse(raw, context), context)
+
+    serialize = health_pb2.HealthCheckResponse.SerializeToString
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(check, response_serializer=serialize),
+        "Watch": grpc.unary_stream_rpc_method_handler(watch, response_serializer=serialize),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("grpc.health.v1.Health", handlers),))

@@ -95,7 +95,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     parts = []
     param = None
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        loc = [str(p) for p in err.get("loc", ())]
+        # Drop only the leading source ("body", "query"…): a field may itself be named "query".
+        if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+            loc = loc[1:]
         where = ".".join(loc) or "body"
         param = param or where
         parts.append(f"{where}: {err.get('msg', 'invalid')}")

@@ -15,17 +15,20 @@ from typing import Any
 import grpc
 import uvicorn
 from fastapi import FastAPI
-from grpc_health.v1 import health_pb2_grpc
 
 from ragline_common import tracing
 from ragline_common.grpc_client import MAX_MESSAGE_BYTES
-from ragline_common.health import Readiness
+from ragline_common.health import Readiness, add_health_to_server
 from ragline_common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 
-class PortInUse(SystemExit):
+class PortInUse(RuntimeError):
+    pass
+
+
+class StartupFailed(RuntimeError):
     pass
 
 
@@ -42,7 +45,9 @@ class _Server(uvicorn.Server):
 
 def bind_http(host: str, port: int, env_var: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: accepted sockets inherit it, and asyncio sets TCP_NODELAY only on sockets whose proto
+    # says TCP. With proto 0, Nagle + delayed ACK add ~40 ms to every HTTP response.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -95,7 +100,7 @@ async def run(service: Service, *, handle_signals: bool = True) -> None:
         ],
     )
     service.register_grpc(server)
-    health_pb2_grpc.add_HealthServicer_to_server(service.readiness.health, server)
+    add_health_to_server(service.readiness.health, server)
     target = f"[{s.host}]:{s.grpc_port}" if ":" in s.host else f"{s.host}:{s.grpc_port}"
     try:
         service.grpc_port = server.add_insecure_port(target)
@@ -130,9 +135,22 @@ async def run(service: Service, *, handle_signals: bool = True) -> None:
 
     startup_task = asyncio.create_task(service.startup()) if service.startup else None
     stop_task = asyncio.create_task(service._stop.wait())
-    done, _ = await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
-    if http_task in done and not stop_task.done():
-        log.error("HTTP server stopped unexpectedly")
+    watched = {stop_task, http_task} | ({startup_task} if startup_task else set())
+    failed: BaseException | None = None
+    while True:
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        if startup_task in done and not startup_task.cancelled() and startup_task.exception() is not None:
+            # A model that cannot load or a store that cannot open will not heal: exit non-zero so the
+            # orchestrator restarts it (with backoff) and the failure is visible, instead of idling not-ready.
+            failed = startup_task.exception()
+            log.error("startup failed: %s: %s", type(failed).__name__, failed, exc_info=failed)
+            break
+        if startup_task in done:
+            watched.discard(startup_task)
+            continue
+        if http_task in done and not stop_task.done():
+            log.error("HTTP server stopped unexpectedly")
+        break
 
     log.info("draining: not ready, finishing in-flight requests (up to %.0fs)", s.shutdown_grace_seconds)
     await service.readiness.drain()
@@ -148,6 +166,8 @@ async def run(service: Service, *, handle_signals: bool = True) -> None:
     if service.shutdown:
         await service.shutdown()
     log.info("%s stopped", service.name)
+    if failed is not None:
+        raise StartupFailed(f"{service.name} failed to start: {type(failed).__name__}: {failed}")
 
 
 def main(build: Callable[[], Service]) -> None:
@@ -159,5 +179,7 @@ def main(build: Callable[[], Service]) -> None:
     try:
         asyncio.run(_go())
     except PortInUse as exc:
-        log.error("%s", exc.code)
+        log.error("%s", exc)
         raise SystemExit(3) from None
+    except StartupFailed:
+        raise SystemExit(1) from None

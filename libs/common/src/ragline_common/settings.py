@@ -71,6 +71,9 @@ def load_settings(cls: type[T]) -> T:
         prefix = cls.model_config.get("env_prefix", "")
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
+            if not field:  # a check across several variables (model validator): no single variable to name
+                print(f"configuration error: {prefix}*: {err['msg']}", file=sys.stderr)  # noqa: T201
+                continue
             var = (prefix + field).upper()
             got = os.environ.get(var)
             shown = "missing" if got is None else f"got {got!r}"

@@ -1,0 +1,92 @@
+"""Start the generator: settings → logging → engine + core → serve()."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry
+
+from ragline.generator.v1 import generator_pb2
+from ragline_common.grpc_server import add_servicer
+from ragline_common.health import Readiness
+from ragline_common.http import create_app
+from ragline_common.logs import configure_logging
+from ragline_common.metrics import RequestMetrics
+from ragline_common.serve import Service
+from ragline_common.serve import main as serve_main
+from ragline_common.settings import ReleaseSettings, effective_threads, load_settings
+from ragline_generator import __version__
+from ragline_generator.core import Generator
+from ragline_generator.engines.base import Engine
+from ragline_generator.metrics import GeneratorMetrics
+from ragline_generator.prompt import RagTemplate
+from ragline_generator.routes import router
+from ragline_generator.servicer import GeneratorServicer
+from ragline_generator.settings import GeneratorSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
+
+
+def build_engine(settings: GeneratorSettings) -> Engine:
+    if settings.engine == "vllm":
+        from ragline_generator.engines.vllm import VllmEngine
+
+        return VllmEngine(settings)
+    from ragline_generator.engines.llamacpp import LlamaCppEngine, default_model_path
+
+    return LlamaCppEngine(
+        settings.model or default_model_path(),
+        context_window=settings.context_window,
+        threads=effective_threads(settings.threads),
+        revision=settings.model_revision,
+        served_model_name=settings.served_model_name,
+        buffer_tokens=settings.stream_buffer_tokens,
+    )
+
+
+def build(settings: GeneratorSettings, engine: Engine | None = None) -> Service:
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry, "generator")
+    template = RagTemplate.load(settings.prompt_template or None)
+    core = Generator(settings, engine or build_engine(settings), GeneratorMetrics(registry), template)
+    readiness = Readiness([SERVICE.full_name])
+    readiness.require("model", "loading")
+    app = create_app(service="generator", version=__version__, readiness=readiness, metrics=metrics)
+    app.state.core = core
+    app.include_router(router)
+
+    async def startup() -> None:
+        try:
+            await core.load()
+        except Exception as exc:
+            # Not ready with the reason on /readyz, and stop: a model that cannot load will not load later.
+            log.error("model failed to load: %s", exc)
+            await readiness.set("model", False, f"load failed: {exc}"[:300])
+            service.request_stop()
+            return
+        await readiness.set("model", True)
+
+    service = Service(
+        name="generator",
+        settings=settings,
+        env_prefix="GENERATOR_",
+        app=app,
+        readiness=readiness,
+        register_grpc=lambda server: add_servicer(server, GeneratorServicer(core), SERVICE, metrics),
+        startup=startup,
+        shutdown=core.close,
+    )
+    return service
+
+
+def main() -> None:
+    settings = load_settings(GeneratorSettings)
+    release = load_settings(ReleaseSettings)
+    configure_logging("generator", settings.log_level, release.release)
+    serve_main(lambda: build(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Generation engines behind one small async interface (see base.py)."""
