@@ -1,0 +1,3 @@
+"""ragline api gateway service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""Start the api gateway: settings → logging → clients → QueryPipeline → serve()."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CollectorRegistry
+from starlette.middleware import Middleware
+
+from ragline_api import __version__
+from ragline_api.auth import KeyChecker
+from ragline_api.clients import Downstreams
+from ragline_api.core import QueryPipeline
+from ragline_api.edge import EdgeMiddleware
+from ragline_api.limits import ConcurrencyLimiter, RateLimiter
+from ragline_api.metrics import ApiMetrics
+from ragline_api.openai_routes import router as openai_router
+from ragline_api.routes import router
+from ragline_api.settings import ApiSettings
+from ragline_common.health import Readiness
+from ragline_common.http import create_app
+from ragline_common.logs import configure_logging
+from ragline_common.metrics import RequestMetrics
+from ragline_common.serve import Service
+from ragline_common.serve import main as serve_main
+from ragline_common.settings import ReleaseSettings, load_settings
+
+log = logging.getLogger("ragline_api")
+
+DESCRIPTION = (
+    "The public ragline API. Authenticate with `Authorization: Bearer <key>`. "
+    "Streaming answers are Server-Sent Events (see the service README for event names)."
+)
+
+
+def build(settings: ApiSettings, release: ReleaseSettings | None = None) -> Service:
+    release = release or load_settings(ReleaseSettings)
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry, "api")
+    api_metrics = ApiMetrics(registry)
+    downstreams = Downstreams(settings, api_metrics)
+    core = QueryPipeline(settings, downstreams, release)
+    # The gateway's readiness does not follow its downstreams: if it did, a generator outage would take every
+    # api pod out of the Service and kill search too. Downstream failures are answered per request (503).
+    readiness = Readiness([])
+    app = create_app(service="api", version=__version__, readiness=readiness, metrics=metrics, description=DESCRIPTION)
+    app.state.core = core
+    app.include_router(router)
+    app.include_router(openai_router)
+
+    if settings.enable_auth:
+        keys: KeyChecker | None = KeyChecker(settings.api_keys())
+    else:
+        keys = None
+        log.warning("authentication is OFF (API_ENABLE_AUTH=false): anyone who reaches this port can use the API")
+    # Innermost of the user middleware: the request-id middleware (outer) still stamps edge refusals.
+    app.user_middleware.append(
+        Middleware(
+            EdgeMiddleware,
+            keys=keys,
+            rate=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+            slots=ConcurrencyLimiter(settings.max_concurrency, settings.max_queue, settings.queue_timeout_seconds),
+            max_body_bytes=settings.max_body_bytes,
+            metrics=api_metrics,
+            tracing=settings.enable_tracing,
+        )
+    )
+    origins = settings.cors_origin_list()
+    if origins:  # outermost, so that preflight requests need no key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            expose_headers=["x-request-id", "server-timing", "retry-after"],
+        )
+
+    return Service(
+        name="api",
+        settings=settings,
+        env_prefix="API_",
+        app=app,
+        readiness=readiness,
+        register_grpc=lambda server: None,  # gRPC carries grpc.health.v1 only (added by serve.run)
+        shutdown=downstreams.close,
+    )
+
+
+def main() -> None:
+    settings = load_settings(ApiSettings)
+    release = load_settings(ReleaseSettings)
+    configure_logging("api", settings.log_level, release.release)
+    serve_main(lambda: build(settings, release))
+
+
+if __name__ == "__main__":
+    main()

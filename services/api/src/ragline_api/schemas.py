@@ -1,0 +1,241 @@
+"""Public request and response models (the OpenAPI document is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Scalar = str | int | float | bool
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NumRange(Strict):
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> NumRange:
+        if all(v is None for v in (self.gt, self.gte, self.lt, self.lte)):
+            raise ValueError("a range needs at least one of gt, gte, lt, lte")
+        return self
+
+
+class DateRange(Strict):
+    gt: str | None = Field(None, description="RFC 3339 timestamp", max_length=64)
+    gte: str | None = Field(None, max_length=64)
+    lt: str | None = Field(None, max_length=64)
+    lte: str | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _some(self) -> DateRange:
+        from datetime import datetime
+
+        values = [v for v in (self.gt, self.gte, self.lt, self.lte) if v is not None]
+        if not values:
+            raise ValueError("a date_range needs at least one of gt, gte, lt, lte")
+        for v in values:
+            try:
+                datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"date_range bound {v!r} is not an RFC 3339 timestamp") from None
+        return self
+
+
+class Condition(Strict):
+    """One condition on a metadata key: exactly one of equals, any_of, range, date_range."""
+
+    key: str = Field(min_length=1, max_length=128, description="Metadata key (dots for nested keys).")
+    equals: Scalar | None = None
+    any_of: list[Scalar] | None = Field(None, min_length=1, max_length=100)
+    range: NumRange | None = None
+    date_range: DateRange | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Condition:
+        given = [n for n in ("equals", "any_of", "range", "date_range") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"condition on {self.key!r} needs exactly one of equals, any_of, range, date_range; "
+                f"got {given or 'none'}"
+            )
+        return self
+
+
+class Filters(Strict):
+    """All must hold: {"must": [{"key": "lang", "equals": "en"}, {"key": "year", "range": {"gte": 2020}}]}"""
+
+    must: list[Condition] = Field(default_factory=list, max_length=32)
+
+
+class GenerationParams(Strict):
+    max_tokens: int | None = Field(None, ge=1, le=4096, description="Most tokens to generate.")
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: list[str] | None = Field(None, max_length=4, description="Up to 4 stop sequences.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: list[str] | None) -> list[str] | None:
+        if value and any(not s or len(s) > 64 for s in value):
+            raise ValueError("each stop sequence must have 1 to 64 characters")
+        return value
+
+
+def _not_blank(value: str, name: str) -> str:
+    if not value.strip():
+        raise ValueError(f"{name} must not be blank")
+    return value
+
+
+class SearchRequest(Strict):
+    query: str = Field(min_length=1, max_length=4000, description="Text to search for.")
+    k: int | None = Field(
+        None, ge=1, le=1000, description="Passages to return (1 to API_MAX_K; default API_DEFAULT_K)."
+    )
+    filters: Filters | None = None
+    mode: Literal["dense", "hybrid"] | None = Field(None, description="Search mode; default: the retriever's.")
+
+    @field_validator("query")
+    @classmethod
+    def _q(cls, value: str) -> str:
+        return _not_blank(value, "query")
+
+
+class QueryRequest(GenerationParams):
+    question: str = Field(min_length=1, max_length=4000, description="The question to answer from the documents.")
+    k: int | None = Field(None, ge=1, le=1000, description="Passages to retrieve (1 to API_MAX_K).")
+    filters: Filters | None = None
+    stream: bool = Field(False, description="Answer as Server-Sent Events: citations, token…, done.")
+
+    @field_validator("question")
+    @classmethod
+    def _q(cls, value: str) -> str:
+        return _not_blank(value, "question")
+
+
+class Hit(BaseModel):
+    doc_id: str
+    chunk_id: str
+    text: str
+    score: float
+    metadata: dict[str, Any]
+    start: int = Field(description="Character offset of the chunk in its document.")
+    end: int = Field(description="End offset, exclusive.")
+
+
+class Citation(Hit):
+    index: int = Field(description="The number [n] the prompt template gave this passage.")
+
+
+class SearchResponse(BaseModel):
+    hits: list[Hit]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ReleaseRef(BaseModel):
+    release: str
+    generator_model: str
+    prompt_version: str
+    embedder_model: str | None = None
+
+
+class QueryResponse(BaseModel):
+    answer: str
+    citations: list[Citation]
+    context_used: list[int] = Field(description="Citation numbers that fitted the generator's context budget.")
+    finish_reason: str
+    usage: Usage
+    release: ReleaseRef
+
+
+class DocumentIn(Strict):
+    id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@-]+$")
+    text: str = Field(min_length=1, max_length=1_000_000)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _meta(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(value) > 64:
+            raise ValueError(f"metadata may have at most 64 keys, got {len(value)}")
+        return value
+
+
+class UpsertRequest(Strict):
+    documents: list[DocumentIn] = Field(min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _unique(self) -> UpsertRequest:
+        ids = [d.id for d in self.documents]
+        if len(set(ids)) != len(ids):
+            raise ValueError("document ids must be unique within one request")
+        return self
+
+
+class UpsertResult(BaseModel):
+    id: str
+    status: Literal["created", "updated", "unchanged", "error"]
+    chunks: int
+    content_hash: str
+    error: str | None = None
+
+
+class UpsertResponse(BaseModel):
+    results: list[UpsertResult]
+
+
+class Chunk(BaseModel):
+    chunk_id: str
+    text: str
+    start: int
+    end: int
+
+
+class DocumentOut(BaseModel):
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    content_hash: str
+    chunks: list[Chunk]
+
+
+class DeleteResponse(BaseModel):
+    id: str
+    deleted_chunks: int
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int | str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": desc}
+    for code, desc in {
+        400: "Invalid input",
+        401: "Missing or invalid API key",
+        404: "Not found",
+        413: "Request body too large",
+        429: "Rate limit or capacity exceeded (Retry-After)",
+        503: "A downstream is unavailable or its circuit is open (Retry-After)",
+        504: "The request's deadline passed",
+    }.items()
+}
