@@ -1,0 +1,87 @@
+"""Start the retriever: settings → logging → store, embedder client, core → serve()."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from prometheus_client import CollectorRegistry
+
+from ragline.retriever.v1 import retriever_pb2
+from ragline_common.grpc_server import add_servicer
+from ragline_common.health import Readiness, watch
+from ragline_common.http import create_app
+from ragline_common.logs import configure_logging
+from ragline_common.metrics import RequestMetrics
+from ragline_common.serve import Service
+from ragline_common.serve import main as serve_main
+from ragline_common.settings import ReleaseSettings, effective_threads, load_settings
+from ragline_retriever import __version__
+from ragline_retriever.chunking import Chunker
+from ragline_retriever.clients import EmbedderClient
+from ragline_retriever.core import COLLECTION, Retriever
+from ragline_retriever.metrics import RetrieverMetrics
+from ragline_retriever.routes import router
+from ragline_retriever.servicer import RetrieverServicer
+from ragline_retriever.settings import RetrieverSettings
+from ragline_retriever.store import open_store
+
+SERVICE = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"]
+
+
+def build(settings: RetrieverSettings) -> Service:
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry, "retriever")
+    readiness = Readiness([SERVICE.full_name])
+    readiness.require("embedder", "not checked yet")
+    readiness.require(COLLECTION, "waiting for the embedder's model info")
+    store = open_store(
+        qdrant_url=settings.qdrant_url,
+        api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+        timeout=settings.qdrant_timeout_seconds,
+        data_dir=settings.data_dir,
+        engine=settings.embedded_engine,
+        collection=settings.collection,
+        threads=effective_threads(settings.threads),
+    )
+    embedder = EmbedderClient(settings.embedder_addr, settings.embedder_timeout_seconds)
+    chunker = Chunker(settings.chunk_tokens, settings.chunk_overlap_tokens)
+    core = Retriever(settings, store, embedder, chunker, RetrieverMetrics(registry), readiness)
+    app = create_app(service="retriever", version=__version__, readiness=readiness, metrics=metrics)
+    app.state.core = core
+    app.include_router(router)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def startup() -> None:
+        # Both run for the life of the process: a missing embedder means not ready, never a crash.
+        tasks.append(asyncio.create_task(watch(readiness, "embedder", embedder.probe()), name="watch-embedder"))
+        tasks.append(asyncio.create_task(core.connect(), name="connect-collection"))
+
+    async def shutdown() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await core.close()
+
+    return Service(
+        name="retriever",
+        settings=settings,
+        env_prefix="RETRIEVER_",
+        app=app,
+        readiness=readiness,
+        register_grpc=lambda server: add_servicer(server, RetrieverServicer(core), SERVICE, metrics),
+        startup=startup,
+        shutdown=shutdown,
+    )
+
+
+def main() -> None:
+    settings = load_settings(RetrieverSettings)
+    release = load_settings(ReleaseSettings)
+    configure_logging("retriever", settings.log_level, release.release)
+    serve_main(lambda: build(settings))
+
+
+if __name__ == "__main__":
+    main()

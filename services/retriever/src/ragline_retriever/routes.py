@@ -1,0 +1,148 @@
+"""HTTP routes for debugging with curl: search, documents, info."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragline_retriever.core import DocIn, Retriever
+from ragline_retriever.filters import normalize_number, parse_conditions
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Bounds(_Strict):
+    gt: float | str | None = None
+    gte: float | str | None = None
+    lt: float | str | None = None
+    lte: float | str | None = None
+
+
+class FieldCondition(_Strict):
+    key: str
+    equals: str | int | float | bool | None = None
+    any_of: list[str | int | float | bool] | None = None
+    range: Bounds | None = None
+    date_range: Bounds | None = None
+
+
+class Filter(_Strict):
+    must: list[FieldCondition] = Field(default_factory=list, description="All conditions must hold.")
+
+
+class SearchBody(_Strict):
+    query: str
+    k: int = Field(10, description="Number of chunks to return.")
+    filter: Filter | None = None
+    mode: Literal["dense", "hybrid"] | None = Field(None, description="Unset = the service's default.")
+
+
+class HitOut(BaseModel):
+    doc_id: str
+    chunk_id: str
+    text: str
+    score: float
+    start: int
+    end: int
+    metadata: dict[str, Any]
+
+
+class SearchOut(BaseModel):
+    hits: list[HitOut]
+    timings: dict[str, float]
+
+
+class DocumentBody(_Strict):
+    id: str
+    text: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpsertBody(_Strict):
+    documents: list[DocumentBody]
+
+
+class UpsertResultOut(BaseModel):
+    id: str
+    status: str
+    chunks: int
+    content_hash: str
+    error: str = ""
+
+
+class UpsertOut(BaseModel):
+    results: list[UpsertResultOut]
+
+
+class ChunkOut(BaseModel):
+    chunk_id: str
+    text: str
+    start: int
+    end: int
+
+
+class DocumentOut(BaseModel):
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    content_hash: str
+    chunks: list[ChunkOut]
+
+
+def get_core(request: Request) -> Retriever:
+    return request.app.state.core  # type: ignore[no-any-return]
+
+
+Core = Annotated[Retriever, Depends(get_core)]
+
+router = APIRouter()
+
+
+@router.post("/v1/search", response_model=SearchOut)
+async def search(body: SearchBody, core: Core) -> SearchOut:
+    specs = [c.model_dump(exclude_none=True) for c in body.filter.must] if body.filter else []
+    result = await core.search(body.query, body.k, parse_conditions(specs), body.mode)
+    return SearchOut(
+        hits=[HitOut(**h.__dict__) for h in result.hits],
+        timings={
+            "embed_seconds": result.embed_seconds,
+            "search_seconds": result.search_seconds,
+            "total_seconds": result.total_seconds,
+        },
+    )
+
+
+@router.post("/v1/documents", response_model=UpsertOut)
+async def upsert(body: UpsertBody, core: Core) -> UpsertOut:
+    docs = [DocIn(d.id, d.text, normalize_number(d.metadata)) for d in body.documents]
+    outcomes = await core.upsert(docs)
+    return UpsertOut(results=[UpsertResultOut(**o.__dict__) for o in outcomes])
+
+
+@router.get("/v1/documents/{doc_id}", response_model=DocumentOut)
+async def get_document(doc_id: str, core: Core) -> DocumentOut:
+    doc = await core.get(doc_id)
+    return DocumentOut(
+        id=doc.id,
+        text=doc.text,
+        metadata=doc.metadata,
+        content_hash=doc.content_hash,
+        chunks=[
+            ChunkOut(chunk_id=c.id, text=c.payload.get("text", ""), start=c.payload["start"], end=c.payload["end"])
+            for c in doc.chunks
+        ],
+    )
+
+
+@router.delete("/v1/documents/{doc_id}")
+async def delete_document(doc_id: str, core: Core) -> dict[str, int]:
+    return {"deleted_chunks": await core.delete(doc_id)}
+
+
+@router.get("/v1/info")
+async def info(core: Core) -> dict[str, Any]:
+    return await core.info()
