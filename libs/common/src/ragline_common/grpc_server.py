@@ -18,6 +18,7 @@ from ragline_common.errors import ERROR_KIND_KEY, RETRY_AFTER_KEY, InvalidInput,
 from ragline_common.metrics import RequestMetrics
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("ragline.access")
 
 _INTERNAL_MESSAGE = "internal error; see the service logs for request id {}"
 
@@ -50,6 +51,16 @@ def _parse(request_cls: type[pb_message.Message], raw: bytes) -> pb_message.Mess
         raise InvalidInput(f"request is not a valid {request_cls.DESCRIPTOR.full_name}: {exc}") from None
 
 
+def _record(metrics: RequestMetrics, name: str, code: grpc.StatusCode, start: float) -> None:
+    seconds = time.perf_counter() - start
+    metrics.observe("grpc", name, code.name, seconds)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "%s %s %.1fms", name, code.name, seconds * 1000,
+            extra={"transport": "grpc", "status": code.name, "duration_ms": round(seconds * 1000, 2)},
+        )  # fmt: skip
+
+
 def _unary(
     fn: Callable[..., Any], request_cls: type[pb_message.Message], metrics: RequestMetrics, name: str
 ) -> Callable[..., Any]:
@@ -73,7 +84,7 @@ def _unary(
             raise
         finally:
             metrics.in_flight.labels(metrics.service, "grpc").dec()
-            metrics.observe("grpc", name, code.name, time.perf_counter() - start)
+            _record(metrics, name, code, start)
 
     return handler
 
@@ -100,7 +111,7 @@ def _stream(
             await _fail(ctx, exc, request_id)
         finally:
             metrics.in_flight.labels(metrics.service, "grpc").dec()
-            metrics.observe("grpc", name, code.name, time.perf_counter() - start)
+            _record(metrics, name, code, start)
 
     return handler
 

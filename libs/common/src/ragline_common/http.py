@@ -20,6 +20,7 @@ from ragline_common.health import Readiness
 from ragline_common.metrics import RequestMetrics
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("ragline.access")
 
 _PROBE_PATHS = {"/healthz", "/readyz", "/metrics"}
 
@@ -88,7 +89,13 @@ class RequestContextMiddleware:
                 self.metrics.in_flight.labels(self.metrics.service, "http").dec()
                 route = scope.get("route")
                 method = f"{scope.get('method', '')} {getattr(route, 'path', 'unmatched')}"
-                self.metrics.observe("http", method, str(status), time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                self.metrics.observe("http", method, str(status), seconds)
+                if access_log.isEnabledFor(logging.INFO):
+                    access_log.info(
+                        "%s %d %.1fms", method, status, seconds * 1000,
+                        extra={"transport": "http", "status": status, "duration_ms": round(seconds * 1000, 2)},
+                    )  # fmt: skip
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

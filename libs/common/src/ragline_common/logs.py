@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -44,7 +45,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
-def configure_logging(service: str, level: str = "info", release: str = "dev") -> None:
+def configure_logging(service: str, level: str = "info", release: str = "dev", *, access: bool | None = None) -> None:
+    """JSON to stdout; one access line per request (logger ragline.access) unless RAGLINE_LOG_REQUESTS=false."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service, release))
     root = logging.getLogger()
@@ -55,5 +57,8 @@ def configure_logging(service: str, level: str = "info", release: str = "dev") -
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    if access is None:
+        access = os.environ.get("RAGLINE_LOG_REQUESTS", "true").strip().lower() not in ("0", "false", "no", "off")
+    logging.getLogger("ragline.access").setLevel(logging.INFO if access else logging.WARNING)
     for noisy in ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

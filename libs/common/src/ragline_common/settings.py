@@ -58,6 +58,7 @@ class ReleaseSettings(BaseSettings):
 
     release: str = Field("dev", description="Release name of this deployment, e.g. 2026.11.1.")
     log_payloads: bool = Field(False, description="Log question text and document content (off: privacy).")
+    log_requests: bool = Field(True, description="One access log line per HTTP request and gRPC call.")
 
 
 T = TypeVar("T", bound=BaseSettings)

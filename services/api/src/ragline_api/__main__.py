@@ -25,6 +25,7 @@ from ragline_common.metrics import RequestMetrics
 from ragline_common.serve import Service
 from ragline_common.serve import main as serve_main
 from ragline_common.settings import ReleaseSettings, load_settings
+from ragline_common.tracing import configure_tracing
 
 log = logging.getLogger("ragline_api")
 
@@ -63,7 +64,7 @@ def build(settings: ApiSettings, release: ReleaseSettings | None = None) -> Serv
             slots=ConcurrencyLimiter(settings.max_concurrency, settings.max_queue, settings.queue_timeout_seconds),
             max_body_bytes=settings.max_body_bytes,
             metrics=api_metrics,
-            tracing=settings.enable_tracing,
+            release=release.release,
         )
     )
     origins = settings.cors_origin_list()
@@ -91,6 +92,7 @@ def main() -> None:
     settings = load_settings(ApiSettings)
     release = load_settings(ReleaseSettings)
     configure_logging("api", settings.log_level, release.release)
+    configure_tracing("api", release.release)
     serve_main(lambda: build(settings, release))
 
 

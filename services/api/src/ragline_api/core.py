@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ UPSERT_STATUS = {
     rpb.UPSERT_STATUS_UNCHANGED: "unchanged",
     rpb.UPSERT_STATUS_FAILED: "error",
 }
+
+log = logging.getLogger(__name__)
 
 
 def filter_to_proto(filters: dict[str, Any] | None) -> rpb.Filter | None:
@@ -151,6 +154,9 @@ class QueryPipeline:
     ) -> Prepared:
         """Retrieve on the last user message and build the generator request with that context."""
         question = next((content for role, content in reversed(messages) if role == "user"), "")
+        if self.release.log_payloads:
+            # Off by default: questions can carry personal data (RAGLINE_LOG_PAYLOADS=true to debug retrieval).
+            log.info("question received", extra={"question": question, "k": k})
         result = (
             await self.search(question, k, filters) if retrieve and question.strip() else SearchResult([], StageTimes())
         )

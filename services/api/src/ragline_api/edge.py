@@ -6,12 +6,14 @@ import json
 import logging
 import os
 
+from opentelemetry import trace
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragline_api.auth import KeyChecker
 from ragline_api.limits import ConcurrencyLimiter, QueueFull, QueueTimeout, RateLimiter
 from ragline_api.metrics import ApiMetrics
+from ragline_common import tracing
 from ragline_common.errors import Overloaded, RaglineError, TooLarge, Unauthenticated
 from ragline_common.http import error_body
 
@@ -57,7 +59,7 @@ class EdgeMiddleware:
         slots: ConcurrencyLimiter,
         max_body_bytes: int,
         metrics: ApiMetrics,
-        tracing: bool = False,
+        release: str = "dev",
     ) -> None:
         self.app = app
         self.keys = keys
@@ -65,7 +67,7 @@ class EdgeMiddleware:
         self.slots = slots
         self.max_body = max_body_bytes
         self.metrics = metrics
-        self.tracing = tracing
+        self.release = release.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
@@ -102,13 +104,15 @@ class EdgeMiddleware:
                     raise HTTPException(413, f"request body is larger than the {self.max_body} bytes allowed")
             return message
 
-        trace = _traceparent(headers.get(b"traceparent")) if self.tracing else None
+        trace = _traceparent(headers.get(b"traceparent"))
 
         async def send_extra(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = [(b"server-timing", f"admission;dur={waited * 1000:.2f}".encode())]
-                if trace:
-                    extra.append((b"traceparent", trace.encode()))
+                extra = [
+                    (b"server-timing", f"admission;dur={waited * 1000:.2f}".encode()),
+                    (b"x-ragline-release", self.release),
+                    (b"traceparent", trace.encode()),
+                ]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
@@ -119,7 +123,11 @@ class EdgeMiddleware:
 
 
 def _traceparent(incoming: bytes | None) -> str:
-    """Hook for tracing: keep the caller's trace id (W3C traceparent) or start one; spans come with operability."""
+    """The response's W3C traceparent: this request's span when tracing is on, else the caller's trace id kept
+    (or a new one), so a client can always quote a trace id that an upstream tracer may know."""
+    span = trace.get_current_span().get_span_context()
+    if tracing.enabled() and span.is_valid:
+        return f"00-{span.trace_id:032x}-{span.span_id:016x}-{int(span.trace_flags):02x}"
     if incoming:
         parts = incoming.decode("latin-1").split("-")
         if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:

@@ -30,7 +30,6 @@ class ApiSettings(ServiceSettings):
     keys: SecretStr = Field(SecretStr(""), description="API keys, comma separated (prefer API_KEYS_FILE in clusters).")
     keys_file: str = Field("", description="File with one API key per line (a mounted Secret); '#' lines ignored.")
     cors_origins: str = Field("", description="Comma separated origins allowed by CORS; empty = CORS off.")
-    enable_tracing: bool = Field(False, description="Answer with a W3C traceparent header (tracing hook).")
 
     request_timeout_seconds: float = Field(30.0, gt=0, le=600, description="Deadline of a non-streaming request.")
     stream_timeout_seconds: float = Field(120.0, gt=0, le=3600, description="Deadline of a whole streamed answer.")

@@ -118,15 +118,16 @@ async def test_cors_is_off_unless_configured(start_gateway, api_key) -> None:
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
 
 
-async def test_tracing_hook_keeps_the_callers_trace_id(start_gateway, api_key) -> None:
+async def test_every_response_carries_a_trace_id_and_the_release(start_gateway, api_key) -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
-    async with start_gateway(enable_tracing=True) as svc, client(svc, api_key) as c:
+    async with start_gateway() as svc, client(svc, api_key) as c:
         r = await c.post(
             "/v1/search", json={"query": "x"}, headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
         )
         assert r.headers["traceparent"].split("-")[1] == trace_id
-    async with start_gateway() as svc, client(svc, api_key) as c:
-        assert "traceparent" not in (await c.post("/v1/search", json={"query": "x"})).headers
+        minted = (await c.post("/v1/search", json={"query": "x"})).headers["traceparent"].split("-")
+        assert len(minted[1]) == 32 and minted[1] != trace_id
+        assert r.headers["x-ragline-release"]
 
 
 async def test_grpc_port_serves_health_only(start_gateway) -> None:

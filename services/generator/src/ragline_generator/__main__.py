@@ -15,6 +15,7 @@ from ragline_common.metrics import RequestMetrics
 from ragline_common.serve import Service
 from ragline_common.serve import main as serve_main
 from ragline_common.settings import ReleaseSettings, effective_threads, load_settings
+from ragline_common.tracing import configure_tracing
 from ragline_generator import __version__
 from ragline_generator.core import Generator
 from ragline_generator.engines.base import Engine
@@ -85,6 +86,7 @@ def main() -> None:
     settings = load_settings(GeneratorSettings)
     release = load_settings(ReleaseSettings)
     configure_logging("generator", settings.log_level, release.release)
+    configure_tracing("generator", release.release)
     serve_main(lambda: build(settings))
 
 

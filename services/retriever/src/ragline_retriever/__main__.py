@@ -16,6 +16,7 @@ from ragline_common.metrics import RequestMetrics
 from ragline_common.serve import Service
 from ragline_common.serve import main as serve_main
 from ragline_common.settings import ReleaseSettings, effective_threads, load_settings
+from ragline_common.tracing import configure_tracing
 from ragline_retriever import __version__
 from ragline_retriever.chunking import Chunker
 from ragline_retriever.clients import EmbedderClient
@@ -80,6 +81,7 @@ def main() -> None:
     settings = load_settings(RetrieverSettings)
     release = load_settings(ReleaseSettings)
     configure_logging("retriever", settings.log_level, release.release)
+    configure_tracing("retriever", release.release)
     serve_main(lambda: build(settings))
 
 
