@@ -58,14 +58,15 @@ class Stack:
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     threads: dict[str, int] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
+    replica_of: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def on_free_ports(cls, data_dir: Path, **kwargs: object) -> Stack:
         ports = {name: (free_port(), free_port()) for name in SERVICES}
         return cls(data_dir=data_dir, ports=ports, **kwargs)  # type: ignore[arg-type]
 
-    def _env(self, name: str) -> dict[str, str]:
-        http, grpc = self.ports[name]
+    def _env(self, name: str, key: str | None = None) -> dict[str, str]:
+        http, grpc = self.ports[key or name]
         p = name.upper() + "_"
         env = {
             p + "HOST": "127.0.0.1",
@@ -86,21 +87,36 @@ class Stack:
             env["API_EMBEDDER_ADDR"] = grpc_of["embedder"]
             env.setdefault("API_ENABLE_AUTH", "false")
         env.update(self.extra_env.get(name, {}))
+        if key and key != name:
+            env.update(self.extra_env.get(key, {}))
         return env
 
-    def start(self, name: str) -> Proc:
+    def start(self, name: str, *, service: str | None = None) -> Proc:
+        """Start `name` (a service, or a replica key made by start_replica) as a new process."""
+        service = service or self.replica_of.get(name, name)
         log_dir = self.data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         http, grpc = self.ports[name]
-        proc = Proc(name, http, grpc, self._env(name), log_dir / f"{name}.log")
+        proc = Proc(name, http, grpc, self._env(service, name), log_dir / f"{name}.log")
         env = {**os.environ, **proc.env}
         log = proc.log_path.open("ab")
         proc.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", f"ragline_{name}"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", f"ragline_{service}"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         self.procs[name] = proc
         return proc
+
+    def start_replica(self, service: str, key: str) -> Proc:
+        """Another process of `service` on free ports, tracked as `key` (wait_ready, stop and kill take it).
+
+        It shares the service's data dir and peers; extra_env[key] overrides the service's extra_env.
+        """
+        if key in SERVICES:
+            raise ValueError(f"a replica key must not be a service name, got {key!r}")
+        self.ports[key] = (free_port(), free_port())
+        self.replica_of[key] = service
+        return self.start(key, service=service)
 
     def start_all(self) -> None:
         for name in SERVICES:
@@ -155,10 +171,14 @@ class Stack:
         return popen.returncode
 
     def stop_all(self) -> None:
-        # The edge first, so nothing new enters while the rest drains.
-        for name in reversed(SERVICES):
+        # Replicas and the edge first, so nothing new enters while the rest drains.
+        for name in [*self.replica_of, *reversed(SERVICES)]:
             if name in self.procs:
                 self.stop(name)
+
+    def pids(self) -> dict[str, int]:
+        """PIDs of the processes that are running now, by key."""
+        return {n: p.popen.pid for n, p in self.procs.items() if p.popen is not None and p.popen.poll() is None}
 
     @property
     def api_url(self) -> str:

@@ -84,7 +84,8 @@ def cmd_ingest(client: Client, args: argparse.Namespace) -> int:
             counts["skipped"] = counts.get("skipped", 0) + 1
             results.append(f"{'skipped':>9}  {f.doc_id}  {exc}")
             continue
-        if len(batch) >= args.batch_size:
+        # Bounded requests: a few documents or about 512 KiB, whichever comes first.
+        if len(batch) >= args.batch_size or sum(len(t) for _, t in batch) >= 512 * 1024:
             flush()
     flush()
     if not args.quiet:
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("ingest", help="ingest files or folders of text, Markdown or HTML")
     p.add_argument("paths", nargs="+")
     p.add_argument("--id-prefix", default="", help="prepended to every document id")
-    p.add_argument("--batch-size", type=int, default=16, help="documents per request")
+    p.add_argument("--batch-size", type=int, default=8, help="documents per request (at most ~512 KiB)")
     p.add_argument("-q", "--quiet", action="store_true", help="only the summary line")
     p = sub.add_parser("ask", help="answer a question with citations")
     p.add_argument("question")

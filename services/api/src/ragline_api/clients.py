@@ -65,11 +65,13 @@ class Downstream:
     def _observe(self, method: str, code: str, start: float) -> None:
         self.metrics.downstream_duration.labels(self.name, method, code).observe(time.perf_counter() - start)
 
-    async def _attempt(self, method: str, request: Any) -> Any:
+    async def _attempt(self, method: str, request: Any, timeout: float | None) -> Any:
         self.breaker.before_call()
         start = time.perf_counter()
         try:
-            reply = await getattr(self.stub, method)(request, timeout=timeout_for(self.timeout), metadata=metadata())
+            reply = await getattr(self.stub, method)(
+                request, timeout=timeout_for(timeout or self.timeout), metadata=metadata()
+            )
         except grpc.aio.AioRpcError as exc:
             self._observe(method, exc.code().name, start)
             err = self._error(exc)
@@ -82,8 +84,10 @@ class Downstream:
         self.breaker.on_success()
         return reply
 
-    async def call(self, method: str, request: Any) -> Any:
-        """A unary call; idempotent methods are retried on UNAVAILABLE while budget and deadline allow."""
+    async def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+        """A unary call; idempotent methods are retried on UNAVAILABLE while budget and deadline allow.
+
+        `timeout` caps this call instead of the downstream's default (ingestion is slower than search)."""
         try:
             self.breaker.before_call()
         except CircuitOpen:
@@ -94,7 +98,7 @@ class Downstream:
         attempts = self.max_attempts if method in IDEMPOTENT else 1
         for attempt in range(1, attempts + 1):
             try:
-                return await self._attempt(method, request)
+                return await self._attempt(method, request, timeout)
             except Unavailable as exc:
                 if isinstance(exc, CircuitOpen) or attempt == attempts:
                     raise

@@ -217,7 +217,9 @@ class QueryPipeline:
             d = req.documents.add(id=doc["id"], text=doc["text"])
             if doc.get("metadata"):
                 d.metadata.update(doc["metadata"])
-        reply = await self.ds.retriever.call("Upsert", req)
+        # Ingestion embeds every chunk: it gets its own, longer deadline than a query.
+        context.set_deadline_in(self.settings.ingest_timeout_seconds)
+        reply = await self.ds.retriever.call("Upsert", req, timeout=self.settings.ingest_timeout_seconds)
         return [
             {
                 "id": r.id,

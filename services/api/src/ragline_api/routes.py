@@ -27,7 +27,7 @@ async def get_core(request: Request) -> QueryPipeline:
 
 
 Core = Annotated[QueryPipeline, Depends(get_core)]
-DocId = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@-]+$")]
+DocId = Annotated[str, Path(min_length=1, max_length=256, pattern=s.DOC_ID_PATTERN)]
 
 router = APIRouter(prefix="/v1", responses=s.ERRORS, dependencies=[Depends(bearer)])
 
@@ -147,13 +147,13 @@ async def upsert(body: s.UpsertRequest, core: Core) -> s.UpsertResponse:
     return s.UpsertResponse.model_validate({"results": results})
 
 
-@router.get("/documents/{doc_id}", response_model=s.DocumentOut, summary="Get a document and its chunks")
+@router.get("/documents/{doc_id:path}", response_model=s.DocumentOut, summary="Get a document and its chunks")
 async def get_document(doc_id: DocId, core: Core) -> s.DocumentOut:
     core.begin()
     return s.DocumentOut.model_validate(await core.get_document(doc_id))
 
 
-@router.delete("/documents/{doc_id}", response_model=s.DeleteResponse, summary="Delete a document")
+@router.delete("/documents/{doc_id:path}", response_model=s.DeleteResponse, summary="Delete a document")
 async def delete_document(doc_id: DocId, core: Core) -> s.DeleteResponse:
     core.begin()
     return s.DeleteResponse(id=doc_id, deleted_chunks=await core.delete_document(doc_id))

@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Scalar = str | int | float | bool
 
+# Any printable text: ids are often paths ("guides/setup.md"); control characters would corrupt logs.
+DOC_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -161,7 +164,7 @@ class QueryResponse(BaseModel):
 
 
 class DocumentIn(Strict):
-    id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@-]+$")
+    id: str = Field(min_length=1, max_length=256, pattern=DOC_ID_PATTERN)
     text: str = Field(min_length=1, max_length=1_000_000)
     metadata: dict[str, Any] = Field(default_factory=dict)
 

@@ -33,6 +33,9 @@ class ApiSettings(ServiceSettings):
 
     request_timeout_seconds: float = Field(30.0, gt=0, le=600, description="Deadline of a non-streaming request.")
     stream_timeout_seconds: float = Field(120.0, gt=0, le=3600, description="Deadline of a whole streamed answer.")
+    ingest_timeout_seconds: float = Field(
+        300.0, gt=0, le=3600, description="Deadline of a POST /v1/documents call (chunking and embedding every chunk)."
+    )
     retriever_timeout_seconds: float = Field(10.0, gt=0, description="Cap on one retriever call.")
     generator_timeout_seconds: float = Field(120.0, gt=0, description="Cap on one generator call.")
     embedder_timeout_seconds: float = Field(10.0, gt=0, description="Cap on one embedder call.")

@@ -123,7 +123,7 @@ async def upsert(body: UpsertBody, core: Core) -> UpsertOut:
     return UpsertOut(results=[UpsertResultOut(**o.__dict__) for o in outcomes])
 
 
-@router.get("/v1/documents/{doc_id}", response_model=DocumentOut)
+@router.get("/v1/documents/{doc_id:path}", response_model=DocumentOut)
 async def get_document(doc_id: str, core: Core) -> DocumentOut:
     doc = await core.get(doc_id)
     return DocumentOut(
@@ -138,7 +138,7 @@ async def get_document(doc_id: str, core: Core) -> DocumentOut:
     )
 
 
-@router.delete("/v1/documents/{doc_id}")
+@router.delete("/v1/documents/{doc_id:path}")
 async def delete_document(doc_id: str, core: Core) -> dict[str, int]:
     return {"deleted_chunks": await core.delete(doc_id)}
 
