@@ -29,13 +29,7 @@ SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"]
 log = logging.getLogger(__name__)
 
 
-class EmbedderService(Service):
-    """A Service that remembers why it stopped early, so that main() can exit non-zero."""
-
-    failure: BaseException | None = None
-
-
-def build(settings: EmbedderSettings) -> EmbedderService:
+def build(settings: EmbedderSettings) -> Service:
     registry = CollectorRegistry()
     metrics = RequestMetrics(registry, "embedder")
     core = Embedder(settings, EmbedderMetrics(registry), effective_threads(settings.threads))
@@ -46,19 +40,13 @@ def build(settings: EmbedderSettings) -> EmbedderService:
     app.include_router(router)
 
     async def startup() -> None:
-        try:
-            await asyncio.to_thread(core.load)
-            await core.start()
-        except Exception as exc:
-            # Serving "not ready" forever would hide the cause; stop so the failure is seen and restarted.
-            log.exception("cannot load model %r; stopping", settings.model or "(default all-MiniLM-L6-v2)")
-            await readiness.set("model", False, f"load failed: {exc}")
-            service.failure = exc
-            service.request_stop()
-            return
+        # A model that cannot load raises here: serve() logs why and exits non-zero, so it is seen and restarted.
+        await readiness.set("model", False, "loading")
+        await asyncio.to_thread(core.load)
+        await core.start()
         await readiness.set("model", True)
 
-    service = EmbedderService(
+    return Service(
         name="embedder",
         settings=settings,
         env_prefix="EMBEDDER_",
@@ -68,7 +56,6 @@ def build(settings: EmbedderSettings) -> EmbedderService:
         startup=startup,
         shutdown=core.close,
     )
-    return service
 
 
 def main() -> None:
@@ -76,16 +63,7 @@ def main() -> None:
     release = load_settings(ReleaseSettings)
     configure_logging("embedder", settings.log_level, release.release)
     configure_tracing("embedder", release.release)
-    built: list[EmbedderService] = []
-
-    def _build() -> Service:
-        svc = build(settings)
-        built.append(svc)
-        return svc
-
-    serve_main(_build)
-    if built and built[0].failure is not None:
-        raise SystemExit(1)
+    serve_main(lambda: build(settings))
 
 
 if __name__ == "__main__":

@@ -59,17 +59,11 @@ def build(settings: GeneratorSettings, engine: Engine | None = None) -> Service:
     app.include_router(router)
 
     async def startup() -> None:
-        try:
-            await core.load()
-        except Exception as exc:
-            # Not ready with the reason on /readyz, and stop: a model that cannot load will not load later.
-            log.error("model failed to load: %s", exc)
-            await readiness.set("model", False, f"load failed: {exc}"[:300])
-            service.request_stop()
-            return
+        # A model that cannot load raises here: serve() logs why and exits non-zero (it will not load later).
+        await core.load()
         await readiness.set("model", True)
 
-    service = Service(
+    return Service(
         name="generator",
         settings=settings,
         env_prefix="GENERATOR_",
@@ -79,7 +73,6 @@ def build(settings: GeneratorSettings, engine: Engine | None = None) -> Service:
         startup=startup,
         shutdown=core.close,
     )
-    return service
 
 
 def main() -> None:
