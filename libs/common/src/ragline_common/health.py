@@ -71,9 +71,12 @@ async def watch(
     probe: Callable[[], Awaitable[None]],
     *,
     interval: float = 5.0,
-    max_backoff: float = 10.0,
+    max_backoff: float = 2.0,
 ) -> None:
-    """Probe a dependency forever: ready while it answers; on failure retry with jittered backoff."""
+    """Probe a dependency forever: ready while it answers; on failure retry with jittered backoff.
+
+    The backoff stays short (2 s at most): a health check is cheap, and a peer that comes back should be
+    noticed within seconds, not after the long sleeps a dead peer has built up."""
     readiness.require(name, "not checked yet")
     backoff = 0.2
     while True:

@@ -1,0 +1,117 @@
+"""A lean HTTP/1.1 keep-alive client for load: a fraction of httpx's CPU per request, which 2 cores need."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConnectionFailed(Exception):
+    """No complete answer: refused, reset, or closed before the response ended."""
+
+
+@dataclass
+class Reply:
+    status_code: int
+    headers: dict[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class RawClient:
+    """POST/GET JSON on keep-alive connections to one loopback host; `timeout` bounds each whole request."""
+
+    def __init__(self, base_url: str, *, timeout: float, max_idle: int = 4000) -> None:
+        parts = urlsplit(base_url)
+        if parts.hostname not in ("127.0.0.1", "localhost") or parts.scheme != "http":
+            raise ValueError(f"the load client only talks plain HTTP to loopback, got {base_url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.timeout = timeout
+        self.max_idle = max_idle
+        self._idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
+        self.opened = 0
+
+    async def __aenter__(self) -> RawClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        while self._idle:
+            _, writer = self._idle.popleft()
+            writer.close()
+
+    async def post(self, path: str, json_body: Any = None, headers: dict[str, str] | None = None) -> Reply:
+        body = json.dumps(json_body).encode() if json_body is not None else b""
+        return await self.request("POST", path, body, headers)
+
+    async def get(self, path: str, headers: dict[str, str] | None = None) -> Reply:
+        return await self.request("GET", path, b"", headers)
+
+    async def request(self, method: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> Reply:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{extra}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        async with asyncio.timeout(self.timeout):  # TimeoutError: the whole request, not one read
+            reused = bool(self._idle)
+            reader, writer = self._idle.pop() if reused else await self._connect()
+            try:
+                writer.write(head.encode("latin-1") + body)
+                reply, keep = await self._read(reader)
+            except (ConnectionError, asyncio.IncompleteReadError, OSError, ValueError) as exc:
+                writer.close()
+                raise ConnectionFailed(f"{type(exc).__name__}: {exc} (reused connection: {reused})") from None
+            except BaseException:
+                writer.close()
+                raise
+        if keep and len(self._idle) < self.max_idle:
+            self._idle.append((reader, writer))
+        else:
+            writer.close()
+        return reply
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            conn = await asyncio.open_connection(self.host, self.port)
+        except OSError as exc:
+            raise ConnectionFailed(f"connect: {exc}") from None
+        self.opened += 1
+        return conn
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader) -> tuple[Reply, bool]:
+        raw = await reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            content = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while size := int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16):
+                parts.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+            await reader.readuntil(b"\r\n")
+            content = b"".join(parts)
+        else:
+            content = await reader.read()
+            return Reply(status, headers, content), False
+        return Reply(status, headers, content), headers.get("connection", "").lower() != "close"

@@ -1,0 +1,92 @@
+"""Soak: 10 minutes of steady mixed load (search, query, ingest); memory, file descriptors and p99 stay flat."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from ragline_cli.localstack import SERVICES, Stack
+from tests.reliability.loadgen import LoadResult, closed_loop, make_client, paced
+from tests.reliability.procstat import growth, open_fds, rss_bytes
+from tests.reliability.rawhttp import RawClient, Reply
+from tests.reliability.report import env_float, record
+from tests.reliability.steady import search, short_query
+
+pytestmark = pytest.mark.reliability
+
+SOAK_SECONDS = env_float("RAGLINE_SOAK_SECONDS", 600.0)
+MINUTE = min(60.0, SOAK_SECONDS / 5)  # the unit of comparison; shorter only when the soak is shortened
+FD_SLACK = 10  # pools open and close connections; a leak per request would add hundreds in 10 minutes
+
+
+async def ingest(client: RawClient, i: int) -> Reply:
+    # 20 ids over and over, with new text each time: real re-chunking, re-embedding and orphan cleanup.
+    body = {
+        "documents": [{"id": f"soak-{i % 20}", "text": f"Soak document {i}. " + "Steady load text. " * (20 + i % 40)}]
+    }
+    return await client.post("/v1/documents", body)
+
+
+@pytest.mark.timeout(int(SOAK_SECONDS) + 300)
+async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
+    pids = {name: stack.procs[name].popen.pid for name in SERVICES}  # type: ignore[union-attr]
+    samples: list[dict[str, Any]] = []
+    stop = asyncio.Event()
+    t0 = time.perf_counter()
+
+    async def sample_forever() -> None:
+        while not stop.is_set():
+            samples.append(
+                {
+                    "t": round(time.perf_counter() - t0, 1),
+                    "rss": {n: rss_bytes(p) for n, p in pids.items()},
+                    "fds": {n: open_fds(p) for n, p in pids.items()},
+                }
+            )
+            await asyncio.sleep(10.0)
+
+    sampler = asyncio.create_task(sample_forever())
+    async with make_client(stack.api_url, timeout=7.0) as c1, make_client(stack.api_url, timeout=7.0) as c2:
+        async with make_client(stack.api_url, timeout=7.0) as c3:
+            runs = await asyncio.gather(
+                closed_loop(c1, search, clients=4, duration=SOAK_SECONDS, t0=t0),
+                closed_loop(c2, paced(short_query, 1.0), clients=1, duration=SOAK_SECONDS, t0=t0),
+                closed_loop(c3, paced(ingest, 2.0), clients=1, duration=SOAK_SECONDS, t0=t0),
+            )
+    stop.set()
+    await sampler
+    searches, queries, ingests = runs
+    everything = LoadResult([s for r in runs for s in r.samples], SOAK_SECONDS)
+
+    minutes = int(SOAK_SECONDS // MINUTE)
+    p99 = [searches.window(m * MINUTE, (m + 1) * MINUTE).summary()["ok"]["p99_ms"] for m in range(minutes)]
+    warm = next(s for s in samples if s["t"] >= MINUTE)  # after the first minute: caches and pools are warm
+    last = samples[-1]
+    rss_growth = growth(warm["rss"], last["rss"])
+    fd_change = {n: last["fds"][n] - warm["fds"][n] for n in pids}
+    p99_drift = [round(v / p99[0] - 1, 3) for v in p99[1:]] if p99 and p99[0] else []
+    figures = {
+        "summary": {
+            "seconds": SOAK_SECONDS,
+            "requests": len(everything.samples),
+            "failed": len(everything.samples) - len(everything.of("ok")),
+            "search_p99_ms_per_minute": p99,
+            "max_p99_drift": max((abs(d) for d in p99_drift), default=0.0),
+            "max_rss_growth": max(rss_growth.values()),
+            "fd_change": fd_change,
+        },
+        "search": searches.summary(),
+        "query": queries.summary(),
+        "ingest": ingests.summary(),
+        "rss_growth": rss_growth,
+        "samples": samples,
+    }
+    record("soak", figures)
+
+    assert len(everything.of("ok")) == len(everything.samples), everything.summary()["error_details"]
+    assert all(g <= 0.05 for g in rss_growth.values()), rss_growth
+    assert all(abs(c) <= FD_SLACK for c in fd_change.values()), fd_change
+    assert all(abs(d) <= 0.20 for d in p99_drift), {"p99_ms_per_minute": p99, "drift": p99_drift}
