@@ -62,15 +62,16 @@ async def wait_healthy(stack: Stack, timeout: float) -> float:
     raise AssertionError(f"stack not healthy {timeout:.0f}s after the restart: {codes}, last answers {last}")
 
 
-# Known misses, kept visible (reported in the figures and the issue), not hidden by a looser bound:
+# Load-sensitive bounds, kept visible (x when missed, X when met) rather than loosened: on a quiet 2-core
+# machine both pass; with other work on the cores they miss (figures in the reasons and report.json).
 _SLOW_COLD_START = pytest.mark.xfail(
     strict=False,
-    reason="target missed: the embedder's cold start (importing torch + sentence-transformers is ~5 s alone) "
-    "makes the stack healthy 11-21 s after the restart on 2 loaded cores, against 10 s",
+    reason="load-sensitive: healthy 8.5 s after the embedder's restart on a quiet machine, 16-21 s with other "
+    "work on the 2 cores (importing torch + sentence-transformers is ~5 s alone), against 10 s",
 )
 _LOAD_SENSITIVE = pytest.mark.xfail(
     strict=False,
-    reason="load-sensitive: the generator came back in 6.3 s on a quiet machine and 11.1 s with a benchmark "
+    reason="load-sensitive: the generator came back in 7.9 s on a quiet machine and 11.1 s with a benchmark "
     "running beside it, against 10 s",
 )
 

@@ -39,7 +39,7 @@ async def search(client: RawClient, i: int) -> Reply:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="load-sensitive: refusal p99 was 21.6 ms on a quiet machine and 81.7 ms with a benchmark running "
+    reason="load-sensitive: refusal p99 was 18.0 ms on a quiet machine and 81.7 ms with a benchmark running "
     "beside it on the same 2 cores, against 50 ms",
 )
 async def test_overload_refuses_fast_and_keeps_admitted_latency(stack: Stack) -> None:

@@ -89,8 +89,8 @@ async def test_a_peer_that_always_fails_gets_at_most_1_2_attempts_per_request(ga
 
 @pytest.mark.xfail(
     strict=False,
-    reason="target missed at times: 99.85-100 % measured against 99.9 %; the retry budget's burst (3 tokens) "
-    "drains when several concurrent attempts fail together, the price of keeping attempts <= 1.2x requests",
+    reason="load-sensitive: 99.95 % on a quiet machine, 99.85 % under other load, against 99.9 %; the retry "
+    "budget's burst (3 tokens) drains when several concurrent attempts fail together",
 )
 async def test_ten_percent_transient_failures_are_absorbed(gateway: Stack, peer: FaultyPeer) -> None:
     peer.reset(fail_every=10)
