@@ -221,9 +221,9 @@ def up(args: argparse.Namespace) -> int:
     print(
         f"\nragline is up in {time.monotonic() - started:.0f}s: {stack.api_url}\n"
         "  auth is OFF: the api listens on 127.0.0.1 only (compose and Kubernetes turn it on)\n"
-        f"  try: ragline ingest /usr/share/doc/bash && ragline ask 'What is bash?'\n"
+        "  try: ragline ingest tests/e2e/corpus && ragline ask 'What is a dpkg trigger?'\n"
         f"       curl -s {stack.api_url}/v1/query -H 'content-type: application/json' "
-        '-d \'{"question": "What is bash?"}\'\n'
+        '-d \'{"question": "What is a dpkg trigger?"}\'\n'
         "  Ctrl-C stops all four services.",
         flush=True,
     )
