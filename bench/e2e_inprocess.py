@@ -29,6 +29,7 @@ from ragline_common.serve import main as serve_main
 from ragline_common.settings import ReleaseSettings, effective_threads, load_settings
 from ragline_embedder.core import Embedder
 from ragline_embedder.metrics import EmbedderMetrics
+from ragline_embedder.servicer import info_message
 from ragline_embedder.settings import EmbedderSettings
 from ragline_generator.__main__ import build_engine
 from ragline_generator.core import GenerateInput, Generator
@@ -56,20 +57,7 @@ class InProcessEmbedder:
         self.core = core
 
     async def info(self) -> epb.InfoResponse:
-        info = self.core.info
-        if info is None:
-            raise RuntimeError("the embedding model is still loading")
-        s = self.core.settings
-        return epb.InfoResponse(
-            model=info.model,
-            revision=info.revision,
-            dimension=info.dimension,
-            max_seq_length=info.max_seq_length,
-            normalized=info.normalized,
-            device=info.device,
-            max_batch_size=s.max_batch_size,
-            max_texts_per_request=s.max_texts_per_request,
-        )
+        return info_message(self.core)
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         result = await self.core.embed(texts)

@@ -34,17 +34,22 @@ class EmbedderServicer:
         )
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
-        info = self.core.info
-        if info is None:
-            raise Unavailable("the embedding model is still loading")
-        s = self.core.settings
-        return pb.InfoResponse(
-            model=info.model,
-            revision=info.revision,
-            dimension=info.dimension,
-            max_seq_length=info.max_seq_length,
-            normalized=info.normalized,
-            device=info.device,
-            max_batch_size=s.max_batch_size,
-            max_texts_per_request=s.max_texts_per_request,
-        )
+        return info_message(self.core)
+
+
+def info_message(core: Embedder) -> pb.InfoResponse:
+    """The Info reply for a loaded core (also used by callers that hold the core in-process)."""
+    info = core.info
+    if info is None:
+        raise Unavailable("the embedding model is still loading")
+    s = core.settings
+    return pb.InfoResponse(
+        model=info.model,
+        revision=info.revision,
+        dimension=info.dimension,
+        max_seq_length=info.max_seq_length,
+        normalized=info.normalized,
+        device=info.device,
+        max_batch_size=s.max_batch_size,
+        max_texts_per_request=s.max_texts_per_request,
+    )
