@@ -37,6 +37,8 @@ up: $(STAMP)
 test: $(STAMP) $(CHECKOV)
 	$(BIN)/python libs/proto/generate.py --check
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(addsuffix /src,$(filter services/%,$(PACKAGES))) libs/common/src
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

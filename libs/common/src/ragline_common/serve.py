@@ -133,7 +133,7 @@ async def run(service: Service, *, handle_signals: bool = True) -> None:
     )  # fmt: skip
     service.bound.set()
 
-    startup_task = asyncio.create_task(service.startup()) if service.startup else None
+    startup_task: asyncio.Future[None] | None = asyncio.ensure_future(service.startup()) if service.startup else None
     stop_task = asyncio.create_task(service._stop.wait())
     watched = {stop_task, http_task} | ({startup_task} if startup_task else set())
     failed: BaseException | None = None
