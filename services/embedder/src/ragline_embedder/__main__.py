@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from prometheus_client import CollectorRegistry
 
@@ -26,8 +25,6 @@ from ragline_embedder.settings import EmbedderSettings
 
 SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["EmbedderService"]
 
-log = logging.getLogger(__name__)
-
 
 def build(settings: EmbedderSettings) -> Service:
     registry = CollectorRegistry()
@@ -41,7 +38,6 @@ def build(settings: EmbedderSettings) -> Service:
 
     async def startup() -> None:
         # A model that cannot load raises here: serve() logs why and exits non-zero, so it is seen and restarted.
-        await readiness.set("model", False, "loading")
         await asyncio.to_thread(core.load)
         await core.start()
         await readiness.set("model", True)

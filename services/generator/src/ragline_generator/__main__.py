@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from prometheus_client import CollectorRegistry
 
 from ragline.generator.v1 import generator_pb2
@@ -24,8 +22,6 @@ from ragline_generator.prompt import RagTemplate
 from ragline_generator.routes import router
 from ragline_generator.servicer import GeneratorServicer
 from ragline_generator.settings import GeneratorSettings
-
-log = logging.getLogger(__name__)
 
 SERVICE = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
 
