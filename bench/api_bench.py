@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from ragline_common.runtime import RUNTIME_ENV
+
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "results" / "api_bench.json"
 TARGET_ADDED_P50_MS = 1.5
@@ -73,6 +75,7 @@ class Stack:
             **os.environ,
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            **RUNTIME_ENV,
             f"{prefix}HTTP_PORT": str(http),
             f"{prefix}GRPC_PORT": str(grpc_port),
             f"{prefix}LOG_LEVEL": "warning",

@@ -22,6 +22,7 @@ import httpx
 
 from ragline_cli.documents import discover, read_text
 from ragline_cli.localstack import Stack, free_port
+from ragline_common.runtime import RUNTIME_ENV
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e_load import System, closed_loop, measure_round, summary  # noqa: E402
@@ -40,7 +41,8 @@ THREADS = {"embedder": 1, "retriever": 1, "generator": 2, "api": 1}
 COMMON_ENV = {"API_RATE_LIMIT_PER_SECOND": "0", "API_ENABLE_AUTH": "false", "API_REQUEST_TIMEOUT_SECONDS": "120"}
 # Given to every process of both systems. OpenMP threads that spin at barriers wreck llama.cpp as soon as anything
 # else wants a core (the generator sets this itself; the single process loads libgomp with torch, before that).
-MODEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+# RUNTIME_ENV (grpcio's settings) is what every ragline process gets, in images and in the local stack alike.
+MODEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **RUNTIME_ENV}
 QUESTIONS = [
     "How do I read a file line by line?",
     "What does fs.watch do?",

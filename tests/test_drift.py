@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ragline_common.runtime import RUNTIME_ENV
 from tests.k8s.manifests import OVERLAYS, container_env, container_ports, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,3 +119,13 @@ def test_peer_addresses_point_at_the_peers_grpc_ports(service: str) -> None:
         port = str(default_ports(peer)["grpc"])
         assert env_k8s[var].rsplit(":", 1)[1] == port, var
         assert env_compose[var].rsplit(":", 1)[-1].rstrip("}").split(":")[-1] == port, var
+
+
+@pytest.mark.parametrize(
+    "dockerfile", sorted(ROOT.glob("services/*/Dockerfile*")), ids=lambda p: p.parent.name + "/" + p.name
+)
+def test_images_carry_the_runtime_env(dockerfile: Path) -> None:
+    """Every image sets what the local stack sets for grpcio (ragline_common.runtime), so benches measure images."""
+    text = dockerfile.read_text()
+    for name, value in RUNTIME_ENV.items():
+        assert f"{name}={value}" in text, f"{dockerfile.relative_to(ROOT)} does not set {name}={value}"

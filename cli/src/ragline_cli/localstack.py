@@ -16,6 +16,9 @@ from pathlib import Path
 
 import httpx
 
+# The local stack runs the services, so they (and ragline-common) are installed wherever it is used.
+from ragline_common.runtime import RUNTIME_ENV
+
 SERVICES = ("embedder", "retriever", "generator", "api")
 DEFAULT_PORTS = {
     "api": (8080, 50050),
@@ -74,6 +77,7 @@ class Stack:
             p + "GRPC_PORT": str(grpc),
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            **RUNTIME_ENV,
         }
         # Two cores, four processes: each model gets a deliberate share instead of every core each.
         env[p + "THREADS"] = str(self.threads.get(name, 2 if name == "generator" else 1))

@@ -170,6 +170,15 @@ async def run(service: Service, *, handle_signals: bool = True) -> None:
         raise StartupFailed(f"{service.name} failed to start: {type(failed).__name__}: {failed}")
 
 
+def _event_loop_runner() -> Callable[[Any], Any]:
+    """uvloop when installed (it is a dependency on Linux), else asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 def main(build: Callable[[], Service]) -> None:
     """Entry point body for `python -m ragline_<svc>`: build the service, run it, exit cleanly."""
 
@@ -177,7 +186,7 @@ def main(build: Callable[[], Service]) -> None:
         await run(build())
 
     try:
-        asyncio.run(_go())
+        _event_loop_runner()(_go())
     except PortInUse as exc:
         log.error("%s", exc)
         raise SystemExit(3) from None
