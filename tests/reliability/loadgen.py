@@ -131,19 +131,6 @@ async def measure(client: Any, request: Request, i: int, t0: float) -> Sample:
     return Sample(start - t0, latency, response.status_code, outcome, retry_after, detail)
 
 
-def paced(request: Request, period: float) -> Request:
-    """A client that sends at most one request every `period` s: a steady trickle, not as fast as it can."""
-
-    async def run(client: Any, i: int) -> Any:
-        started = time.perf_counter()
-        try:
-            return await request(client, i)
-        finally:
-            await asyncio.sleep(max(0.0, period - (time.perf_counter() - started)))
-
-    return run
-
-
 async def closed_loop(
     client: Any,
     request: Request,
@@ -153,10 +140,13 @@ async def closed_loop(
     max_requests: int = 1_000_000,
     stop: asyncio.Event | None = None,
     t0: float | None = None,
+    period: float = 0.0,
 ) -> LoadResult:
     """`clients` workers, each sending its next request when the previous answer arrives.
 
-    Ends after `duration` s, `max_requests` requests, or when `stop` is set; sample times count from `t0`.
+    With `period`, a worker starts at most one request every `period` s (a steady trickle, not as fast as it
+    can); the pause is outside the measured latency. Ends after `duration` s, `max_requests` requests, or when
+    `stop` is set; sample times count from `t0`.
     """
     result = LoadResult()
     started = time.perf_counter()
@@ -168,7 +158,10 @@ async def closed_loop(
         for i in counter:
             if time.perf_counter() >= stop_at or (stop is not None and stop.is_set()):
                 return
+            begun = time.perf_counter()
             result.samples.append(await measure(client, request, i, origin))
+            if period:
+                await asyncio.sleep(max(0.0, period - (time.perf_counter() - begun)))
 
     await asyncio.gather(*(worker() for _ in range(clients)))
     result.duration = time.perf_counter() - started

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from tests.reliability.loadgen import LoadResult, closed_loop, make_client, paced
+from tests.reliability.loadgen import LoadResult, closed_loop, make_client
 from tests.reliability.rawhttp import RawClient, Reply
 
 QUESTIONS = ["What is a dpkg trigger?", "How are users and groups allocated?", "What is a rootless build?"]
@@ -51,11 +51,17 @@ async def steady_load(
     async with make_client(base_url, timeout=timeout) as c1, make_client(base_url, timeout=timeout) as c2:
         tasks = []
         if search_clients:
-            searches = paced(search, SEARCH_PERIOD)
-            tasks.append(closed_loop(c1, searches, clients=search_clients, duration=max_seconds, stop=stop, t0=t0))
+            tasks.append(
+                closed_loop(
+                    c1, search, clients=search_clients, duration=max_seconds, stop=stop, t0=t0, period=SEARCH_PERIOD
+                )
+            )
         if query_clients:
-            queries = paced(short_query, QUERY_PERIOD)
-            tasks.append(closed_loop(c2, queries, clients=query_clients, duration=max_seconds, stop=stop, t0=t0))
+            tasks.append(
+                closed_loop(
+                    c2, short_query, clients=query_clients, duration=max_seconds, stop=stop, t0=t0, period=QUERY_PERIOD
+                )
+            )
         running = asyncio.gather(*tasks)
         try:
             yield steady
