@@ -350,6 +350,7 @@ def main() -> None:
     stack = Stack.on_free_ports(
         work / "services",
         threads=dict(THREADS),
+        nice={},  # the same CPU priority as the single process (make up lowers the generator's)
         extra_env={name: {**MODEL_ENV, **(COMMON_ENV if name == "api" else {})} for name in THREADS},
     )
     try:

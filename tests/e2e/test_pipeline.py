@@ -79,3 +79,12 @@ def test_every_service_is_ready_and_exports_metrics(stack: Stack) -> None:
         assert httpx.get(proc.url + "/healthz", timeout=5).status_code == 200, name
         metrics = httpx.get(proc.url + "/metrics", timeout=5).text
         assert "ragline_request_duration_seconds" in metrics, name
+
+
+def test_local_stack_runs_the_generator_at_lower_cpu_priority(stack: Stack) -> None:
+    """Short requests get a core while an answer is generated: only the generator is niced, and by 10."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for name, proc in stack.procs.items():
+        assert proc.popen is not None
+        expected = base + (10 if name == "generator" else 0)
+        assert os.getpriority(os.PRIO_PROCESS, proc.popen.pid) == min(expected, 19), name
