@@ -59,8 +59,8 @@ class InProcessEmbedder:
     async def info(self) -> epb.InfoResponse:
         return info_message(self.core)
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        result = await self.core.embed(texts)
+    async def embed(self, texts: list[str], *, bulk: bool = False) -> np.ndarray:
+        result = await self.core.embed(texts, bulk=bulk)
         return np.stack([v.vector for v in result.vectors]).astype(np.float32, copy=False)
 
     async def close(self) -> None:

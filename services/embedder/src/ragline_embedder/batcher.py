@@ -40,12 +40,17 @@ class _Pending(Generic[R]):
     future: asyncio.Future[list[R]]
     deadline: float | None
     enqueued: float
+    bulk: bool = False
     taken: int = 0  # texts already handed to a batch
     results: list[R | None] = field(default_factory=list)
     done_count: int = 0
     queue_seconds: float = 0.0
     inference_seconds: float = 0.0
     batch_size: int = 0
+
+
+# Under contention, one bulk batch after this many interactive ones.
+BULK_TURN = 4
 
 
 class Batcher(Generic[R]):
@@ -55,6 +60,12 @@ class Batcher(Generic[R]):
     never reaches the model. While one batch runs the next one fills, so under load batches are full.
     A partial batch waits at most `max_wait` seconds, counted from when its oldest request arrived, and only
     while the previous batch suggests that more texts are on their way.
+
+    Two lanes share the queue bound. Interactive requests (a query to search with) go first; bulk requests
+    (documents being ingested) run while no interactive one waits, and as every `BULK_TURN`-th batch otherwise
+    (so ingest still moves under full search load), at most `max_bulk_batch` texts at a time. The lanes never
+    share a batch: a short query is never padded to a long document, and a search that arrives during an
+    ingest waits for one small bulk batch, not for the whole document.
     """
 
     def __init__(
@@ -64,6 +75,7 @@ class Batcher(Generic[R]):
         max_batch: int,
         max_wait: float,
         max_queue: int,
+        max_bulk_batch: int | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
     ) -> None:
@@ -71,7 +83,10 @@ class Batcher(Generic[R]):
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.max_queue = max_queue
-        self._queue: collections.deque[_Pending[R]] = collections.deque()
+        self.max_bulk_batch = max(1, min(max_batch, max_bulk_batch or max_batch))
+        self._queue: collections.deque[_Pending[R]] = collections.deque()  # interactive lane
+        self._bulk: collections.deque[_Pending[R]] = collections.deque()
+        self._interactive_streak = 0  # interactive batches run in a row while bulk work waited
         self._queued_texts = 0
         self._running: list[_Pending[R]] = []
         self._expected = max_batch  # texts worth waiting for; until a batch has run, assume a full one
@@ -96,10 +111,11 @@ class Batcher(Generic[R]):
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for item in [*self._queue, *self._running]:
+        for item in [*self._queue, *self._bulk, *self._running]:
             if not item.future.done():
                 item.future.set_exception(Unavailable("the embedder is shutting down"))
         self._queue.clear()
+        self._bulk.clear()
         self._set_depth(0)
         # Waits for a running batch off the event loop, which keeps serving the drain meanwhile.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
@@ -108,8 +124,8 @@ class Batcher(Generic[R]):
         """Run `fn` on the model's worker thread, serialised with batches (warm-up, probes)."""
         return asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def submit(self, texts: Sequence[str]) -> tuple[list[R], Stats]:
-        """Embed `texts`; returns the results in order and where the time went."""
+    async def submit(self, texts: Sequence[str], *, bulk: bool = False) -> tuple[list[R], Stats]:
+        """Embed `texts` (in the bulk lane with `bulk`); returns the results in order and where the time went."""
         if self._queued_texts + len(texts) > self.max_queue:
             raise Overloaded(
                 f"embedder queue is full ({self._queued_texts} of {self.max_queue} texts waiting); retry later"
@@ -124,9 +140,10 @@ class Batcher(Generic[R]):
             future=loop.create_future(),
             deadline=None if left is None else now + left,
             enqueued=now,
+            bulk=bulk,
             results=[None] * len(texts),
         )
-        self._queue.append(item)
+        self._lane(item).append(item)
         self._set_depth(self._queued_texts + len(texts))
         self._wakeup.set()
         try:
@@ -145,21 +162,31 @@ class Batcher(Generic[R]):
         self._queued_texts = depth
         self._on_depth(depth)
 
+    def _lane(self, item: _Pending[R]) -> collections.deque[_Pending[R]]:
+        return self._bulk if item.bulk else self._queue
+
     def _release(self, item: _Pending[R]) -> None:
         try:
-            self._queue.remove(item)
+            self._lane(item).remove(item)
         except ValueError:
             return  # already fully handed to a batch
         self._set_depth(self._queued_texts - (len(item.texts) - item.taken))
 
     def _take_batch(self) -> list[tuple[_Pending[R], int, int]]:
+        """The next batch: interactive while any waits (bar every BULK_TURN-th batch), else a small bulk batch."""
         batch: list[tuple[_Pending[R], int, int]] = []
-        room = self.max_batch
+        bulk_turn = bool(self._bulk) and (not self._queue or self._interactive_streak >= BULK_TURN)
+        if bulk_turn:
+            lane, room = self._bulk, self.max_bulk_batch
+            self._interactive_streak = 0
+        else:
+            lane, room = self._queue, self.max_batch
+            self._interactive_streak = self._interactive_streak + 1 if self._bulk else 0
         now = time.monotonic()
-        while self._queue and room > 0:
-            item = self._queue[0]
+        while lane and room > 0:
+            item = lane[0]
             if item.future.done() or (item.deadline is not None and item.deadline <= now):
-                self._queue.popleft()
+                lane.popleft()
                 self._set_depth(self._queued_texts - (len(item.texts) - item.taken))
                 if not item.future.done():
                     item.future.set_exception(DeadlineExceeded("deadline passed while waiting for the embedder"))
@@ -172,7 +199,7 @@ class Batcher(Generic[R]):
             room -= n
             self._set_depth(self._queued_texts - n)
             if item.taken == len(item.texts):
-                self._queue.popleft()
+                lane.popleft()
         return batch
 
     async def _wait_for_company(self) -> None:
@@ -181,6 +208,8 @@ class Batcher(Generic[R]):
         Company is expected from the callers of the last batch, who are about to send their next texts, and
         from those that queued while it ran. A lone sequential caller (a batch of one, nobody queued) never waits.
         """
+        if not self._queue or (self._bulk and self._interactive_streak >= BULK_TURN):
+            return  # bulk work comes in many texts at once and is not in a hurry to be joined
         expected = self._expected
         until = self._queue[0].enqueued + self.max_wait
         while self._queued_texts < expected:
@@ -196,7 +225,7 @@ class Batcher(Generic[R]):
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._queue:
+            while not self._queue and not self._bulk:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             await self._wait_for_company()

@@ -146,6 +146,7 @@ class Embedder:
             max_batch=s.max_batch_size,
             max_wait=s.max_wait_ms / 1000,
             max_queue=s.max_queue,
+            max_bulk_batch=s.max_bulk_batch_size,
             on_batch=self.metrics.observe_batch,
             on_depth=self.metrics.queue_depth.set,
         )
@@ -194,14 +195,15 @@ class Embedder:
             if size > s.max_text_bytes:
                 raise TooLarge(f"input[{i}] is {size} bytes; at most {s.max_text_bytes} bytes are allowed per text")
 
-    async def embed(self, texts: list[str]) -> EmbedResult:
+    async def embed(self, texts: list[str], *, bulk: bool = False) -> EmbedResult:
+        """Vectors for `texts`; `bulk` work (ingest) yields to interactive work (queries) in the batcher."""
         self.validate(texts)
         if self.batcher is None:
             raise Unavailable("the embedding model is still loading")
         if context.remaining() is None:
             context.set_deadline_in(self.settings.request_timeout_seconds)
         started = time.perf_counter()
-        vectors, stats = await self.batcher.submit(texts)
+        vectors, stats = await self.batcher.submit(texts, bulk=bulk)
         result = EmbedResult(vectors, stats, time.perf_counter() - started)
         self.metrics.observe_request(result)
         return result

@@ -14,7 +14,7 @@ class EmbedderServicer:
         self.core = core
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        result = await self.core.embed(list(request.texts))
+        result = await self.core.embed(list(request.texts), bulk=request.priority == pb.PRIORITY_BULK)
         info = self.core.info
         assert info is not None  # embed() refuses before load
         stats = result.stats

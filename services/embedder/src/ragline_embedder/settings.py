@@ -26,6 +26,13 @@ class EmbedderSettings(ServiceSettings):
     max_batch_size: int = Field(
         32, ge=1, le=1024, description="Texts per model call. Larger = more throughput, longer waits per batch."
     )
+    max_bulk_batch_size: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Texts per model call for bulk work (documents being ingested). A search that arrives during an "
+        "ingest waits for at most one such batch; interactive work always goes first.",
+    )
     max_wait_ms: float = Field(
         2.0,
         ge=0,

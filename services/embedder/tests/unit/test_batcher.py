@@ -11,7 +11,7 @@ import pytest
 
 from ragline_common import context
 from ragline_common.errors import DeadlineExceeded, Overloaded, Unavailable
-from ragline_embedder.batcher import Batcher, BatchFailed
+from ragline_embedder.batcher import BULK_TURN, Batcher, BatchFailed
 
 pytestmark = pytest.mark.unit
 
@@ -202,3 +202,52 @@ async def test_failed_part_of_a_split_request_drops_the_rest(model: FakeModel, s
         await batcher.submit(["boom", "x", "y", "z"])
     assert model.calls == [["boom", "x"]]  # y and z never ran: their request had already failed
     assert batcher.depth == 0
+
+
+async def test_interactive_work_goes_before_queued_bulk_work(model: FakeModel, started: list[Batcher[str]]) -> None:
+    batcher = Batcher(model, max_batch=8, max_wait=0, max_queue=64, max_bulk_batch=2)
+    start(started, batcher)
+    first = await held(model, batcher)
+    document = asyncio.create_task(batcher.submit([f"chunk{i}" for i in range(6)], bulk=True))
+    await asyncio.sleep(0.01)
+    query = asyncio.create_task(batcher.submit(["query"]))
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    await first
+    (vectors, _), (chunks, stats) = await asyncio.gather(query, document)
+    assert vectors == ["QUERY"]
+    assert chunks == [f"CHUNK{i}" for i in range(6)]
+    # The query queued after the document ran first, alone; the document ran in bulk batches of 2.
+    assert model.calls[1:] == [["query"], ["chunk0", "chunk1"], ["chunk2", "chunk3"], ["chunk4", "chunk5"]]
+    assert stats.batch_size == 2
+
+
+async def test_bulk_work_still_moves_under_constant_interactive_load(
+    model: FakeModel, started: list[Batcher[str]]
+) -> None:
+    """Every BULK_TURN-th batch goes to bulk work while interactive work keeps arriving: ingest never starves."""
+    batcher = Batcher(model, max_batch=1, max_wait=0, max_queue=256, max_bulk_batch=1)
+    start(started, batcher)
+    first = await held(model, batcher)
+    document = asyncio.create_task(batcher.submit(["chunk0", "chunk1"], bulk=True))
+    queries = [asyncio.create_task(batcher.submit([f"q{i}"])) for i in range(3 * BULK_TURN)]
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    await asyncio.gather(first, document, *queries)
+    order = [call[0] for call in model.calls[1:]]
+    assert order.index("chunk0") == BULK_TURN  # after BULK_TURN query batches, not after all of them
+    assert order.index("chunk1") == 2 * BULK_TURN + 1
+
+
+async def test_bulk_and_interactive_texts_never_share_a_batch(model: FakeModel, started: list[Batcher[str]]) -> None:
+    batcher = start(started, make(model, max_batch=8, max_wait=0.05))
+    first = await held(model, batcher)
+    waiting = [
+        asyncio.create_task(batcher.submit(["doc"], bulk=True)),
+        asyncio.create_task(batcher.submit(["q1"])),
+        asyncio.create_task(batcher.submit(["q2"])),
+    ]
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    await asyncio.gather(first, *waiting)
+    assert model.calls[1:] == [["q1", "q2"], ["doc"]]

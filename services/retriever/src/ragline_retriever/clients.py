@@ -26,9 +26,11 @@ class EmbedderClient:
     async def info(self) -> epb.InfoResponse:
         return await unary(self.stub.Info, epb.InfoRequest(), peer="embedder", timeout=min(self.timeout, 5.0))
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        """Vectors of `texts` in order, as a float32 matrix."""
-        reply = await unary(self.stub.Embed, epb.EmbedRequest(texts=texts), peer="embedder", timeout=self.timeout)
+    async def embed(self, texts: list[str], *, bulk: bool = False) -> np.ndarray:
+        """Vectors of `texts` in order, as a float32 matrix; `bulk` (ingest) yields to queries in the embedder."""
+        priority = epb.PRIORITY_BULK if bulk else epb.PRIORITY_INTERACTIVE
+        request = epb.EmbedRequest(texts=texts, priority=priority)
+        reply = await unary(self.stub.Embed, request, peer="embedder", timeout=self.timeout)
         return np.asarray([e.values for e in reply.embeddings], dtype=np.float32)
 
     async def close(self) -> None:

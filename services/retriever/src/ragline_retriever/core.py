@@ -228,7 +228,8 @@ class Retriever:
     async def _embed(self, texts: list[str], purpose: str) -> list[list[float]]:
         started = time.perf_counter()
         try:
-            return (await self.embedder.embed(texts)).tolist()  # type: ignore[no-any-return]
+            vectors = await self.embedder.embed(texts, bulk=purpose == "ingest")
+            return vectors.tolist()  # type: ignore[no-any-return]
         finally:
             self.metrics.embed_seconds.labels(purpose).observe(time.perf_counter() - started)
 

@@ -24,25 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ragline/embedder/v1/embedder.proto\x12\x13ragline.embedder.v1\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\">\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x0e\n\x06tokens\x18\x03 \x01(\r\"f\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x19\n\x11inference_seconds\x18\x02 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\r\"\x98\x01\n\rEmbedResponse\x12\x32\n\nembeddings\x18\x01 \x03(\x0b\x32\x1e.ragline.embedder.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12-\n\x07timings\x18\x04 \x01(\x0b\x32\x1c.ragline.embedder.v1.Timings\"\r\n\x0bInfoRequest\"\xb5\x01\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x16\n\x0emax_seq_length\x18\x04 \x01(\r\x12\x12\n\nnormalized\x18\x05 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\r\x12\x1d\n\x15max_texts_per_request\x18\x08 \x01(\r2\xae\x01\n\x0f\x45mbedderService\x12N\n\x05\x45mbed\x12!.ragline.embedder.v1.EmbedRequest\x1a\".ragline.embedder.v1.EmbedResponse\x12K\n\x04Info\x12 .ragline.embedder.v1.InfoRequest\x1a!.ragline.embedder.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ragline/embedder/v1/embedder.proto\x12\x13ragline.embedder.v1\"N\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12/\n\x08priority\x18\x02 \x01(\x0e\x32\x1d.ragline.embedder.v1.Priority\">\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x0e\n\x06tokens\x18\x03 \x01(\r\"f\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x19\n\x11inference_seconds\x18\x02 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\r\"\x98\x01\n\rEmbedResponse\x12\x32\n\nembeddings\x18\x01 \x03(\x0b\x32\x1e.ragline.embedder.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12-\n\x07timings\x18\x04 \x01(\x0b\x32\x1c.ragline.embedder.v1.Timings\"\r\n\x0bInfoRequest\"\xb5\x01\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x16\n\x0emax_seq_length\x18\x04 \x01(\r\x12\x12\n\nnormalized\x18\x05 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\r\x12\x1d\n\x15max_texts_per_request\x18\x08 \x01(\r*Q\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x11\n\rPRIORITY_BULK\x10\x02\x32\xae\x01\n\x0f\x45mbedderService\x12N\n\x05\x45mbed\x12!.ragline.embedder.v1.EmbedRequest\x1a\".ragline.embedder.v1.EmbedResponse\x12K\n\x04Info\x12 .ragline.embedder.v1.InfoRequest\x1a!.ragline.embedder.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ragline.embedder.v1.embedder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PRIORITY']._serialized_start=661
+  _globals['_PRIORITY']._serialized_end=742
   _globals['_EMBEDREQUEST']._serialized_start=59
-  _globals['_EMBEDREQUEST']._serialized_end=88
-  _globals['_EMBEDDING']._serialized_start=90
-  _globals['_EMBEDDING']._serialized_end=152
-  _globals['_TIMINGS']._serialized_start=154
-  _globals['_TIMINGS']._serialized_end=256
-  _globals['_EMBEDRESPONSE']._serialized_start=259
-  _globals['_EMBEDRESPONSE']._serialized_end=411
-  _globals['_INFOREQUEST']._serialized_start=413
-  _globals['_INFOREQUEST']._serialized_end=426
-  _globals['_INFORESPONSE']._serialized_start=429
-  _globals['_INFORESPONSE']._serialized_end=610
-  _globals['_EMBEDDERSERVICE']._serialized_start=613
-  _globals['_EMBEDDERSERVICE']._serialized_end=787
+  _globals['_EMBEDREQUEST']._serialized_end=137
+  _globals['_EMBEDDING']._serialized_start=139
+  _globals['_EMBEDDING']._serialized_end=201
+  _globals['_TIMINGS']._serialized_start=203
+  _globals['_TIMINGS']._serialized_end=305
+  _globals['_EMBEDRESPONSE']._serialized_start=308
+  _globals['_EMBEDRESPONSE']._serialized_end=460
+  _globals['_INFOREQUEST']._serialized_start=462
+  _globals['_INFOREQUEST']._serialized_end=475
+  _globals['_INFORESPONSE']._serialized_start=478
+  _globals['_INFORESPONSE']._serialized_end=659
+  _globals['_EMBEDDERSERVICE']._serialized_start=745
+  _globals['_EMBEDDERSERVICE']._serialized_end=919
 # @@protoc_insertion_point(module_scope)
