@@ -61,11 +61,12 @@ class Batcher(Generic[R]):
     A partial batch waits at most `max_wait` seconds, counted from when its oldest request arrived, and only
     while the previous batch suggests that more texts are on their way.
 
-    Two lanes share the queue bound. Interactive requests (a query to search with) go first; bulk requests
-    (documents being ingested) run while no interactive one waits, and as every `BULK_TURN`-th batch otherwise
-    (so ingest still moves under full search load), at most `max_bulk_batch` texts at a time. The lanes never
-    share a batch: a short query is never padded to a long document, and a search that arrives during an
-    ingest waits for one small bulk batch, not for the whole document.
+    Two lanes share the queue bound: interactive requests (a query to search with) and bulk requests
+    (documents being ingested), which never share a batch, so a short query is never padded to a long
+    document. With `run_bulk_batch` (a second copy of the model) bulk work has its own worker thread and never
+    holds up a query. Without it the lanes take turns on one worker: interactive first, bulk while no
+    interactive request waits and as every `BULK_TURN`-th batch otherwise (so ingest still moves under full
+    search load), at most `max_bulk_batch` texts at a time, so a query waits for one small bulk batch at most.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class Batcher(Generic[R]):
         max_wait: float,
         max_queue: int,
         max_bulk_batch: int | None = None,
+        run_bulk_batch: Callable[[list[str]], Sequence[R]] | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
     ) -> None:
@@ -88,11 +90,16 @@ class Batcher(Generic[R]):
         self._bulk: collections.deque[_Pending[R]] = collections.deque()
         self._interactive_streak = 0  # interactive batches run in a row while bulk work waited
         self._queued_texts = 0
-        self._running: list[_Pending[R]] = []
+        self._running: dict[str, list[_Pending[R]]] = {}  # per worker loop: the requests in its current batch
         self._expected = max_batch  # texts worth waiting for; until a batch has run, assume a full one
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
-        self._task: asyncio.Task[None] | None = None
+        self._run_bulk_batch = run_bulk_batch
+        self._bulk_wakeup = asyncio.Event()
+        self._bulk_executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-bulk") if run_bulk_batch else None
+        )
+        self._tasks: list[asyncio.Task[None]] = []
         self._on_batch = on_batch or (lambda size, seconds: None)
         self._on_depth = on_depth or (lambda depth: None)
 
@@ -102,16 +109,23 @@ class Batcher(Generic[R]):
         return self._queued_texts
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="batcher")
+        if self._bulk_executor is None:
+            self._tasks = [asyncio.create_task(self._loop("shared"), name="batcher")]
+        else:
+            self._tasks = [
+                asyncio.create_task(self._loop("interactive"), name="batcher"),
+                asyncio.create_task(self._loop("bulk"), name="batcher-bulk"),
+            ]
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-        for item in [*self._queue, *self._bulk, *self._running]:
+        running = [item for items in self._running.values() for item in items]
+        for item in [*self._queue, *self._bulk, *running]:
             if not item.future.done():
                 item.future.set_exception(Unavailable("the embedder is shutting down"))
         self._queue.clear()
@@ -119,10 +133,13 @@ class Batcher(Generic[R]):
         self._set_depth(0)
         # Waits for a running batch off the event loop, which keeps serving the drain meanwhile.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        if self._bulk_executor is not None:
+            await asyncio.to_thread(self._bulk_executor.shutdown, wait=True, cancel_futures=True)
 
-    def run_sync(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        """Run `fn` on the model's worker thread, serialised with batches (warm-up, probes)."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    def run_sync(self, fn: Callable[[], T], *, bulk: bool = False) -> asyncio.Future[T]:
+        """Run `fn` on a model worker thread (the bulk one with `bulk`), serialised with its batches."""
+        executor = self._bulk_executor if bulk and self._bulk_executor else self._executor
+        return asyncio.get_running_loop().run_in_executor(executor, fn)
 
     async def submit(self, texts: Sequence[str], *, bulk: bool = False) -> tuple[list[R], Stats]:
         """Embed `texts` (in the bulk lane with `bulk`); returns the results in order and where the time went."""
@@ -145,7 +162,7 @@ class Batcher(Generic[R]):
         )
         self._lane(item).append(item)
         self._set_depth(self._queued_texts + len(texts))
-        self._wakeup.set()
+        (self._bulk_wakeup if bulk and self._bulk_executor else self._wakeup).set()
         try:
             # wait_for cancels the future on timeout, so a finished batch will not set it.
             results = await asyncio.wait_for(item.future, left)
@@ -172,11 +189,16 @@ class Batcher(Generic[R]):
             return  # already fully handed to a batch
         self._set_depth(self._queued_texts - (len(item.texts) - item.taken))
 
-    def _take_batch(self) -> list[tuple[_Pending[R], int, int]]:
-        """The next batch: interactive while any waits (bar every BULK_TURN-th batch), else a small bulk batch."""
+    def _bulk_turn(self, worker: str) -> bool:
+        """Whether `worker`'s next batch comes from the bulk lane."""
+        if worker != "shared":
+            return worker == "bulk"
+        # One worker for both: interactive while any waits (bar every BULK_TURN-th batch), else bulk.
+        return bool(self._bulk) and (not self._queue or self._interactive_streak >= BULK_TURN)
+
+    def _take_batch(self, bulk: bool) -> list[tuple[_Pending[R], int, int]]:
         batch: list[tuple[_Pending[R], int, int]] = []
-        bulk_turn = bool(self._bulk) and (not self._queue or self._interactive_streak >= BULK_TURN)
-        if bulk_turn:
+        if bulk:
             lane, room = self._bulk, self.max_bulk_batch
             self._interactive_streak = 0
         else:
@@ -208,8 +230,8 @@ class Batcher(Generic[R]):
         Company is expected from the callers of the last batch, who are about to send their next texts, and
         from those that queued while it ran. A lone sequential caller (a batch of one, nobody queued) never waits.
         """
-        if not self._queue or (self._bulk and self._interactive_streak >= BULK_TURN):
-            return  # bulk work comes in many texts at once and is not in a hurry to be joined
+        if not self._queue:
+            return
         expected = self._expected
         until = self._queue[0].enqueued + self.max_wait
         while self._queued_texts < expected:
@@ -222,25 +244,36 @@ class Batcher(Generic[R]):
             except TimeoutError:
                 return
 
-    async def _loop(self) -> None:
+    def _has_work(self, worker: str) -> bool:
+        if worker == "shared":
+            return bool(self._queue or self._bulk)
+        return bool(self._bulk if worker == "bulk" else self._queue)
+
+    async def _loop(self, worker: str) -> None:
+        """One model worker: "shared" serves both lanes; "interactive" and "bulk" serve one each."""
         loop = asyncio.get_running_loop()
+        wakeup = self._bulk_wakeup if worker == "bulk" else self._wakeup
+        executor = self._bulk_executor if worker == "bulk" else self._executor
         while True:
-            while not self._queue and not self._bulk:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            await self._wait_for_company()
-            batch = self._take_batch()
+            while not self._has_work(worker):
+                wakeup.clear()
+                await wakeup.wait()
+            bulk = self._bulk_turn(worker)
+            if not bulk:  # bulk work comes in many texts at once and is not in a hurry to be joined
+                await self._wait_for_company()
+            batch = self._take_batch(bulk)
             if not batch:
                 continue
             texts = [t for item, a, b in batch for t in item.texts[a:b]]
-            self._running = [item for item, _, _ in batch]
+            self._running[worker] = [item for item, _, _ in batch]
+            run_batch = self._run_bulk_batch if bulk and self._run_bulk_batch else self._run_batch
             started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, texts)
+                results = await loop.run_in_executor(executor, run_batch, texts)
                 if len(results) != len(texts):
                     raise RuntimeError(f"model returned {len(results)} results for {len(texts)} texts")
             except Exception:
-                self._running = []
+                self._running[worker] = []
                 # A model failure fails this batch's requests, not the loop or the requests queued behind it.
                 log.exception("model failed on a batch of %d texts", len(texts))
                 for item, _, _ in batch:
@@ -251,9 +284,10 @@ class Batcher(Generic[R]):
                         )
                 continue
             # Not in a `finally`: when close() cancels this loop mid-batch it still sees who to fail.
-            self._running = []
+            self._running[worker] = []
             seconds = time.perf_counter() - started
-            self._expected = min(self.max_batch, len(texts) + self._queued_texts)
+            if not bulk:
+                self._expected = min(self.max_batch, len(texts) + sum(len(i.texts) - i.taken for i in self._queue))
             self._on_batch(len(texts), seconds)
             pos = 0
             for item, a, b in batch:

@@ -80,6 +80,7 @@ class Embedder:
         self.metrics = metrics
         self.threads = threads
         self.model: Any = None
+        self.bulk_model: Any = None  # a second copy for bulk work (EMBEDDER_BULK_WORKER), on its own thread
         self.info: ModelInfo | None = None
         self.batcher: Batcher[Encoded] | None = None
 
@@ -106,6 +107,8 @@ class Embedder:
         name = self.settings.model or default_model_path()
         started = time.perf_counter()
         self.model = SentenceTransformer(name, device=device)
+        if self.settings.bulk_worker:
+            self.bulk_model = SentenceTransformer(name, device=device)
         folder = Path(name)
         revision = self.settings.model_revision or (weights_hash(folder) if folder.is_dir() else "unknown")
         model_id = "sentence-transformers/all-MiniLM-L6-v2" if not self.settings.model else name
@@ -122,6 +125,8 @@ class Embedder:
         )
         # Warm up: the first call pays for lazy initialisation, not a user.
         self._encode(["warm up"])
+        if self.bulk_model is not None:
+            self._encode_bulk(["warm up"])
         log.info(
             "loaded %s (%s, dim %d, max %d tokens) on %s with %d threads in %.1fs",
             model_id, revision, dim, self.info.max_seq_length, device, self.threads, time.perf_counter() - started,
@@ -147,11 +152,14 @@ class Embedder:
             max_wait=s.max_wait_ms / 1000,
             max_queue=s.max_queue,
             max_bulk_batch=s.max_bulk_batch_size,
+            run_bulk_batch=self._encode_bulk if self.bulk_model is not None else None,
             on_batch=self.metrics.observe_batch,
             on_depth=self.metrics.queue_depth.set,
         )
         # The worker thread starts its own OpenMP team on its first call: pay for it before serving.
         await self.batcher.run_sync(lambda: self._encode(["warm up"]))
+        if self.bulk_model is not None:
+            await self.batcher.run_sync(lambda: self._encode_bulk(["warm up"]), bulk=True)
         self.batcher.start()
 
     async def close(self) -> None:
@@ -160,12 +168,19 @@ class Embedder:
 
     def _encode(self, texts: list[str]) -> list[Encoded]:
         """Runs on the batcher's worker thread."""
-        max_len = self.model.max_seq_length
+        return self._encode_with(self.model, texts)
+
+    def _encode_bulk(self, texts: list[str]) -> list[Encoded]:
+        """Runs on the batcher's bulk worker thread, with the model's second copy (tokenizers are not shared)."""
+        return self._encode_with(self.bulk_model, texts)
+
+    def _encode_with(self, model: Any, texts: list[str]) -> list[Encoded]:
+        max_len = model.max_seq_length
         # Counting with max_len + 1 tells "cut" from "exactly max_len" without tokenizing twice in full.
-        ids = self.model.tokenizer(
+        ids = model.tokenizer(
             texts, add_special_tokens=True, truncation=True, max_length=max_len + 1, return_attention_mask=False
         )["input_ids"]
-        vectors = self.model.encode(
+        vectors = model.encode(
             texts,
             batch_size=len(texts),
             normalize_embeddings=self.settings.normalize,

@@ -26,12 +26,18 @@ class EmbedderSettings(ServiceSettings):
     max_batch_size: int = Field(
         32, ge=1, le=1024, description="Texts per model call. Larger = more throughput, longer waits per batch."
     )
+    bulk_worker: bool = Field(
+        True,
+        description="A second copy of the model on its own thread for bulk work (documents being ingested), so an "
+        "ingest never holds up a query; costs that copy's memory (about 90 MB for the default model). Off: the two "
+        "share one worker and take turns.",
+    )
     max_bulk_batch_size: int = Field(
         8,
         ge=1,
         le=1024,
-        description="Texts per model call for bulk work (documents being ingested). A search that arrives during an "
-        "ingest waits for at most one such batch; interactive work always goes first.",
+        description="Texts per model call for bulk work (documents being ingested). Without a bulk worker a search "
+        "that arrives during an ingest waits for at most one such batch.",
     )
     max_wait_ms: float = Field(
         2.0,

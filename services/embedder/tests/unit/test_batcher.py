@@ -251,3 +251,41 @@ async def test_bulk_and_interactive_texts_never_share_a_batch(model: FakeModel, 
     model.gate.set()
     await asyncio.gather(first, *waiting)
     assert model.calls[1:] == [["q1", "q2"], ["doc"]]
+
+
+async def test_with_a_bulk_worker_a_query_never_waits_for_an_ingest(
+    model: FakeModel, started: list[Batcher[str]]
+) -> None:
+    bulk_model = FakeModel()
+    batcher = Batcher(model, max_batch=8, max_wait=0, max_queue=64, max_bulk_batch=2, run_bulk_batch=bulk_model)
+    start(started, batcher)
+    bulk_model.gate.clear()
+    document = asyncio.create_task(batcher.submit([f"chunk{i}" for i in range(4)], bulk=True))
+    assert await asyncio.to_thread(bulk_model.entered.wait, 5)  # the bulk worker is busy inside its model
+    t = time.perf_counter()
+    vectors, _ = await asyncio.wait_for(batcher.submit(["query"]), 5)
+    assert vectors == ["QUERY"] and time.perf_counter() - t < 1.0
+    assert not document.done()
+    bulk_model.gate.set()
+    chunks, _ = await document
+    assert chunks == [f"CHUNK{i}" for i in range(4)]
+    assert model.calls == [["query"]]  # interactive model: only the query
+    assert bulk_model.calls == [["chunk0", "chunk1"], ["chunk2", "chunk3"]]
+
+
+async def test_close_fails_requests_waiting_in_either_lane(model: FakeModel, started: list[Batcher[str]]) -> None:
+    bulk_model = FakeModel()
+    batcher = Batcher(model, max_batch=8, max_wait=0, max_queue=64, run_bulk_batch=bulk_model)
+    batcher.start()
+    bulk_model.gate.clear()
+    running = asyncio.create_task(batcher.submit(["a"], bulk=True))
+    assert await asyncio.to_thread(bulk_model.entered.wait, 5)
+    waiting = asyncio.create_task(batcher.submit(["b"], bulk=True))
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(batcher.close())
+    await asyncio.sleep(0.05)
+    bulk_model.gate.set()
+    await closing
+    for task in (running, waiting):
+        with pytest.raises(Unavailable):
+            await task
