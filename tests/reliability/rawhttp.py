@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+# Well below uvicorn's 75 s keep-alive (serve.py): a pooled connection is never reused as the server closes it.
+KEEPALIVE_EXPIRY = 30.0
 
 
 class ConnectionFailed(Exception):
@@ -39,7 +43,8 @@ class RawClient:
         self.port = parts.port or 80
         self.timeout = timeout
         self.max_idle = max_idle
-        self._idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
+        # (reader, writer, idle since): reused newest first, dropped when stale, like any HTTP client's pool.
+        self._idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = deque()
         self.opened = 0
 
     async def __aenter__(self) -> RawClient:
@@ -50,7 +55,7 @@ class RawClient:
 
     async def aclose(self) -> None:
         while self._idle:
-            _, writer = self._idle.popleft()
+            _, writer, _ = self._idle.popleft()
             writer.close()
 
     async def post(self, path: str, json_body: Any = None, headers: dict[str, str] | None = None) -> Reply:
@@ -67,8 +72,9 @@ class RawClient:
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         async with asyncio.timeout(self.timeout):  # TimeoutError: the whole request, not one read
-            reused = bool(self._idle)
-            reader, writer = self._idle.pop() if reused else await self._connect()
+            pooled = self._pooled()
+            reused = pooled is not None
+            reader, writer = pooled if pooled is not None else await self._connect()
             try:
                 writer.write(head.encode("latin-1") + body)
                 reply, keep = await self._read(reader)
@@ -79,10 +85,24 @@ class RawClient:
                 writer.close()
                 raise
         if keep and len(self._idle) < self.max_idle:
-            self._idle.append((reader, writer))
+            self._idle.append((reader, writer, time.monotonic()))
         else:
             writer.close()
         return reply
+
+    def _pooled(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """An idle connection the server has not closed and that has not sat longer than KEEPALIVE_EXPIRY.
+
+        A paced load leaves its least-used connection idle for minutes; the server closes it after its own
+        keep-alive timeout, and reusing it then fails on the client's side, not the server's."""
+        now = time.monotonic()
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if reader.at_eof() or writer.is_closing() or now - since > KEEPALIVE_EXPIRY:
+                writer.close()
+                continue
+            return reader, writer
+        return None
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
