@@ -97,30 +97,18 @@ class InProcessPipeline(QueryPipeline):
         ]
         return SearchResult(hits, times)
 
-    async def prepare(
-        self,
-        messages: list[tuple[str, str]],
-        k: int,
-        filters: dict[str, Any] | None,
-        params: dict[str, Any],
-        *,
-        retrieve: bool = True,
-    ) -> Prepared:
-        question = next((content for role, content in reversed(messages) if role == "user"), "")
-        result = (
-            await self.search(question, k, filters) if retrieve and question.strip() else SearchResult([], StageTimes())
-        )
-        citations = [{"index": i + 1, **hit} for i, hit in enumerate(result.hits)]
-        request = GenerateInput(
+    def generate_request(  # type: ignore[override]  # the generator core's input, not its proto
+        self, messages: list[tuple[str, str]], hits: list[dict[str, Any]], params: dict[str, Any]
+    ) -> GenerateInput:
+        return GenerateInput(
             messages=[Message(r, c) for r, c in messages],
-            context=[Chunk(h["doc_id"], h["text"]) for h in result.hits],
+            context=[Chunk(h["doc_id"], h["text"]) for h in hits],
             max_tokens=params.get("max_tokens"),
             temperature=params.get("temperature"),
             top_p=params.get("top_p"),
             stop=params.get("stop") or [],
             seed=params.get("seed"),
         )
-        return Prepared(request, citations, result.times)  # type: ignore[arg-type]  # a core input, not a proto
 
     async def generate(self, prepared: Prepared) -> dict[str, Any]:
         start = time.perf_counter()

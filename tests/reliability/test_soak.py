@@ -37,7 +37,10 @@ INGEST_CYCLE = int(60 / INGEST_PERIOD)  # 30 ingests: one minute
 
 
 def median_rss(samples: list[dict[str, Any]], start: float, end: float) -> dict[str, int]:
-    window = [s["rss"] for s in samples if start <= s["t"] < end]
+    # A shortened soak (RAGLINE_SOAK_SECONDS) can leave a window without a sample: take the one nearest its start.
+    window = [s["rss"] for s in samples if start <= s["t"] < end] or [
+        min(samples, key=lambda s: abs(s["t"] - start))["rss"]
+    ]
     return {name: int(statistics.median(w[name] for w in window)) for name in window[0]}
 
 

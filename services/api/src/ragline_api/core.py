@@ -161,12 +161,17 @@ class QueryPipeline:
             await self.search(question, k, filters) if retrieve and question.strip() else SearchResult([], StageTimes())
         )
         citations = [{"index": i + 1, **hit} for i, hit in enumerate(result.hits)]
-        request = gpb.GenerateRequest(
+        return Prepared(self.generate_request(messages, result.hits, params), citations, result.times)
+
+    def generate_request(
+        self, messages: list[tuple[str, str]], hits: list[dict[str, Any]], params: dict[str, Any]
+    ) -> gpb.GenerateRequest:
+        """The generator's request: the conversation, the retrieved passages as context, the sampling params."""
+        return gpb.GenerateRequest(
             messages=[gpb.ChatMessage(role=r, content=c) for r, c in messages],
-            context=[gpb.ContextChunk(doc_id=h["doc_id"], text=h["text"]) for h in result.hits],
+            context=[gpb.ContextChunk(doc_id=h["doc_id"], text=h["text"]) for h in hits],
             params=sampling(params),
         )
-        return Prepared(request, citations, result.times)
 
     # Generation --------------------------------------------------------------------------------------------------
     async def generate(self, prepared: Prepared) -> dict[str, Any]:
