@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 
 import grpc
@@ -94,3 +95,24 @@ async def test_a_failed_startup_stops_the_service_with_an_error() -> None:
     svc.startup = broken
     with pytest.raises(StartupFailed, match="FileNotFoundError: model.gguf"):
         await asyncio.wait_for(run(svc, handle_signals=False), 30)
+
+
+async def test_what_startup_loaded_is_frozen_out_of_the_collectors_reach() -> None:
+    svc, _ = make_service()
+    loaded: list[list[dict[str, int]]] = []
+
+    async def startup() -> None:
+        loaded.extend([{"weights": i}] for i in range(1000))  # stands in for a model's long-lived objects
+        await svc.readiness.set("model", True)
+
+    svc.startup = startup
+    gc.unfreeze()
+    try:
+        async with running(svc):
+            async with asyncio.timeout(10):
+                while not gc.get_freeze_count():
+                    await asyncio.sleep(0.01)
+            collected = {id(o) for o in gc.get_objects()}  # generations 0-2; the permanent one is not listed
+            assert not any(id(o) in collected for o in loaded)
+    finally:
+        gc.unfreeze()

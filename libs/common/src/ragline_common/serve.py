@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +43,20 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[no-untyped-def]
         yield
+
+
+def freeze_startup_heap() -> None:
+    """Move everything startup allocated into the collector's permanent generation, once it is loaded.
+
+    torch, transformers and a model leave ~450k tracked objects that live as long as the process; every full
+    collection walks them all, stopping the process for ~200 ms (measured in the embedder on 2 cores), and
+    those pauses land on requests. Frozen, a full collection walks only what serving allocates.
+    """
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info("froze %d startup objects out of the collector's reach in %.0f ms",
+             gc.get_freeze_count(), (time.perf_counter() - started) * 1000)  # fmt: skip
 
 
 def bind_http(host: str, port: int, env_var: str) -> socket.socket:
@@ -133,9 +149,14 @@ async def run(service: Service, *, handle_signals: bool = True) -> None:
     )  # fmt: skip
     service.bound.set()
 
-    startup_task: asyncio.Future[None] | None = asyncio.ensure_future(service.startup()) if service.startup else None
+    async def start_then_freeze() -> None:
+        if service.startup:
+            await service.startup()
+        freeze_startup_heap()
+
+    startup_task: asyncio.Future[None] = asyncio.ensure_future(start_then_freeze())
     stop_task = asyncio.create_task(service._stop.wait())
-    watched = {stop_task, http_task} | ({startup_task} if startup_task else set())
+    watched = {stop_task, http_task, startup_task}
     failed: BaseException | None = None
     while True:
         done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
@@ -159,7 +180,7 @@ async def run(service: Service, *, handle_signals: bool = True) -> None:
     http.should_exit = True
     await asyncio.gather(server.stop(s.shutdown_grace_seconds), http_task, return_exceptions=True)
     stop_task.cancel()
-    if startup_task and not startup_task.done():
+    if not startup_task.done():
         startup_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await startup_task
