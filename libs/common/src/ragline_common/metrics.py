@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 # `*_created` series double the scrape size and no dashboard or alert here reads them.
 disable_created_metrics()
@@ -20,6 +28,10 @@ class RequestMetrics:
     def __init__(self, registry: CollectorRegistry, service: str) -> None:
         self.registry = registry
         self.service = service
+        # The standard process_* (RSS, fds, CPU), python_gc_* and python_info series, as on the default registry:
+        # what an operator compares across services before reading any ragline_ metric.
+        for collector in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
+            registry.register(collector)
         self.duration = Histogram(
             "ragline_request_duration_seconds",
             "Time to answer a request, by transport (http, grpc), method (route or RPC) and status code.",
