@@ -117,11 +117,13 @@ class RawClient:
         raw = await reader.readuntil(b"\r\n\r\n")
         lines = raw.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
-        headers = {}
+        headers: dict[str, str] = {}
         for line in lines[1:]:
             if line:
                 name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
+                key, value = name.strip().lower(), value.strip()
+                # A repeated field is one comma-separated list (RFC 9110 §5.3): the api sends two Server-Timing.
+                headers[key] = f"{headers[key]}, {value}" if key in headers else value
         if "content-length" in headers:
             content = await reader.readexactly(int(headers["content-length"]))
         elif headers.get("transfer-encoding", "").lower() == "chunked":
