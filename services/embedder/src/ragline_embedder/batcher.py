@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +56,17 @@ class _Pending(Generic[R]):
 BULK_TURN = 4
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Add `nice` to the calling thread's niceness (Linux: nice is per thread, and threads it starts inherit it)."""
+    if not nice or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as exc:  # a sandbox may refuse it; the lanes still never share a batch
+        log.warning("could not lower the bulk worker's CPU priority: %s", exc)
+
+
 class Batcher(Generic[R]):
     """Bounded queue of texts → batches of at most `max_batch` → `run_batch` on a single worker thread.
 
@@ -63,10 +77,11 @@ class Batcher(Generic[R]):
 
     Two lanes share the queue bound: interactive requests (a query to search with) and bulk requests
     (documents being ingested), which never share a batch, so a short query is never padded to a long
-    document. With `run_bulk_batch` (a second copy of the model) bulk work has its own worker thread and never
-    holds up a query. Without it the lanes take turns on one worker: interactive first, bulk while no
-    interactive request waits and as every `BULK_TURN`-th batch otherwise (so ingest still moves under full
-    search load), at most `max_bulk_batch` texts at a time, so a query waits for one small bulk batch at most.
+    document. With `run_bulk_batch` (a second copy of the model) bulk work has its own worker thread, at a
+    CPU priority lowered by `bulk_nice`, and never holds up a query. Without it the lanes take turns on one
+    worker: interactive first, bulk while no interactive request waits and as every `BULK_TURN`-th batch
+    otherwise (so ingest still moves under full search load), at most `max_bulk_batch` texts at a time, so a
+    query waits for one small bulk batch at most.
     """
 
     def __init__(
@@ -78,6 +93,7 @@ class Batcher(Generic[R]):
         max_queue: int,
         max_bulk_batch: int | None = None,
         run_bulk_batch: Callable[[list[str]], Sequence[R]] | None = None,
+        bulk_nice: int = 0,
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
     ) -> None:
@@ -97,7 +113,14 @@ class Batcher(Generic[R]):
         self._run_bulk_batch = run_bulk_batch
         self._bulk_wakeup = asyncio.Event()
         self._bulk_executor = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-bulk") if run_bulk_batch else None
+            ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="embed-bulk",
+                initializer=lower_thread_priority,
+                initargs=(bulk_nice,),
+            )
+            if run_bulk_batch
+            else None
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._on_batch = on_batch or (lambda size, seconds: None)

@@ -153,6 +153,7 @@ class Embedder:
             max_queue=s.max_queue,
             max_bulk_batch=s.max_bulk_batch_size,
             run_bulk_batch=self._encode_bulk if self.bulk_model is not None else None,
+            bulk_nice=s.bulk_nice,
             on_batch=self.metrics.observe_batch,
             on_depth=self.metrics.queue_depth.set,
         )

@@ -32,6 +32,13 @@ class EmbedderSettings(ServiceSettings):
         "ingest never holds up a query; costs that copy's memory (about 90 MB for the default model). Off: the two "
         "share one worker and take turns.",
     )
+    bulk_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU priority (nice, added to the process's) of the bulk worker thread and the threads it starts: "
+        "where cores are shared, ingest batches yield them to query embeddings. 0 = equal; Linux only.",
+    )
     max_bulk_batch_size: int = Field(
         8,
         ge=1,

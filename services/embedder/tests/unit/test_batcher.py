@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
@@ -271,6 +273,33 @@ async def test_with_a_bulk_worker_a_query_never_waits_for_an_ingest(
     assert chunks == [f"CHUNK{i}" for i in range(4)]
     assert model.calls == [["query"]]  # interactive model: only the query
     assert bulk_model.calls == [["chunk0", "chunk1"], ["chunk2", "chunk3"]]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are a Linux feature")
+async def test_the_bulk_worker_runs_at_a_lower_cpu_priority_than_the_interactive_one(
+    started: list[Batcher[str]],
+) -> None:
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen: dict[str, int] = {}
+
+    def run(lane: str) -> Callable[[list[str]], Sequence[str]]:
+        def batch(texts: list[str]) -> Sequence[str]:
+            seen[lane] = niceness()
+            return texts
+
+        return batch
+
+    base = niceness()
+    batcher = Batcher(
+        run("interactive"), max_batch=8, max_wait=0, max_queue=64, run_bulk_batch=run("bulk"), bulk_nice=5
+    )
+    start(started, batcher)
+    await batcher.submit(["query"])
+    await batcher.submit(["chunk"], bulk=True)
+    assert seen == {"interactive": base, "bulk": min(19, base + 5)}
+    assert niceness() == base  # the event loop's thread is untouched
 
 
 async def test_close_fails_requests_waiting_in_either_lane(model: FakeModel, started: list[Batcher[str]]) -> None:
