@@ -1,4 +1,4 @@
-"""Embedder service (separate process, gRPC and HTTP) against raw model.encode, measured in the same run."""
+"""Embedder service (separate process, gRPC and HTTP) against its own encoder called directly, in the same run."""
 
 from __future__ import annotations
 
@@ -68,25 +68,19 @@ def summary(latencies: list[float], wall: float, texts: int) -> dict[str, float]
 
 
 class Raw:
-    def __init__(self, threads: int) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # what the service sets (core.py)
-        import torch
-        from sentence_transformers import SentenceTransformer
-        from threadpoolctl import threadpool_limits
+    """The encoder the service runs (its backend, threads and settings, built by its own load()), called directly."""
 
-        from ragline_embedder.core import default_model_path
+    def __init__(self, threads: int, backend: str) -> None:
+        from prometheus_client import CollectorRegistry
 
-        # The same thread settings as the service, so that the comparison is of the serving path only.
-        torch.set_num_threads(threads)
-        with contextlib.suppress(RuntimeError):
-            torch.set_num_interop_threads(1)
-        threadpool_limits(limits=1, user_api="blas")
-        self.model = SentenceTransformer(default_model_path(), device="cpu")
+        from ragline_embedder.core import Embedder
+        from ragline_embedder.metrics import EmbedderMetrics
+        from ragline_embedder.settings import EmbedderSettings
 
-    def encode(self, texts: list[str]) -> Any:
-        return self.model.encode(texts, batch_size=len(texts), normalize_embeddings=True, show_progress_bar=False)
+        self.embedder = Embedder(EmbedderSettings(backend=backend), EmbedderMetrics(CollectorRegistry()), threads)
+        self.info = self.embedder.load()
+        assert self.embedder.encoder is not None
+        self.encode = self.embedder.encoder
 
 
 # ---------------------------------------------------------------- the service, as a child process
@@ -282,7 +276,7 @@ def raw_round(phase: Phase, raw: Raw, texts: list[str], size: int) -> None:
 
 
 async def run_all(
-    raw: Raw, svc: ServiceProcess, texts: list[str], seq_texts: list[str], clients: int, rounds: int
+    raw: Raw, torch_raw: Raw, svc: ServiceProcess, texts: list[str], seq_texts: list[str], clients: int, rounds: int
 ) -> dict[str, Phase]:
     """Rounds that interleave the raw model and the service, so that load from neighbours hits both alike."""
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{svc.grpc_port}")
@@ -303,6 +297,8 @@ async def run_all(
         "http_concurrent": Phase("http x32", clients),
         "http_concurrent_base64": Phase("http x32 base64", clients),
         "raw_batch1": Phase("raw batch 1", 1),
+        "torch_batch32": Phase("torch batch 32", 1),
+        "torch_batch1": Phase("torch batch 1", 1),
         "grpc_sequential": Phase("grpc x1", 1),
         "http_sequential": Phase("http x1", 1),
     }
@@ -320,6 +316,7 @@ async def run_all(
 
         # Warm-up: connections, the first batches, the raw model's first call.
         raw.encode(texts[:32])
+        torch_raw.encode(texts[:32])
         for call in (grpc_call, http_call, http_call_b64):
             await closed_loop(call, texts[: clients * 2], clients)
         for n in range(rounds):
@@ -330,6 +327,8 @@ async def run_all(
             raw_round(phases["raw_batch1"], raw, seq_texts, 1)
             await measure(phases["grpc_sequential"], svc, grpc_call, seq_texts)
             await measure(phases["http_sequential"], svc, http_call, seq_texts)
+            raw_round(phases["torch_batch32"], torch_raw, texts, 32)
+            raw_round(phases["torch_batch1"], torch_raw, seq_texts, 1)
             print(
                 f"  round {n + 1}/{rounds}: "
                 + ", ".join(f"{p.name} {p.rounds[-1]:.1f}/s" for p in phases.values())
@@ -351,6 +350,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="EMBEDDER_THREADS for both; 0 = all cores")
     parser.add_argument("--max-wait-ms", type=float, default=None, help="EMBEDDER_MAX_WAIT_MS (default: service's)")
     parser.add_argument("--max-batch", type=int, default=32, help="EMBEDDER_MAX_BATCH_SIZE")
+    parser.add_argument("--backend", default="auto", help="EMBEDDER_BACKEND for the service and its baseline")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
 
@@ -359,18 +359,23 @@ def main() -> None:
     threads = effective_threads(args.threads)
     texts = corpus(args.texts)
     seq_texts = texts[: args.sequential_texts]
-    env = {"EMBEDDER_THREADS": str(threads), "EMBEDDER_MAX_BATCH_SIZE": str(args.max_batch)}
+    env = {
+        "EMBEDDER_THREADS": str(threads),
+        "EMBEDDER_MAX_BATCH_SIZE": str(args.max_batch),
+        "EMBEDDER_BACKEND": args.backend,
+    }
     if args.max_wait_ms is not None:
         env["EMBEDDER_MAX_WAIT_MS"] = str(args.max_wait_ms)
     load = os.getloadavg()
     print(f"embedder bench: {len(texts)} texts x {args.rounds} rounds, {args.clients} clients, {threads} threads, "
           f"load {load[0]:.1f}", flush=True)  # fmt: skip
 
-    raw = Raw(threads)
+    raw = Raw(threads, args.backend)
+    torch_raw = Raw(threads, "torch")  # the backend comparison: sentence-transformers' own forward pass
     svc = ServiceProcess(env)
     try:
         svc.wait_ready()
-        phases = asyncio.run(run_all(raw, svc, texts, seq_texts, args.clients, args.rounds))
+        phases = asyncio.run(run_all(raw, torch_raw, svc, texts, seq_texts, args.clients, args.rounds))
     finally:
         svc.stop()
     report = {key: p.report() for key, p in phases.items()}
@@ -379,7 +384,15 @@ def main() -> None:
     raw_tput = raw32["throughput_texts_per_s"]
     batch32_ms = raw32["latency_p50_ms"]
     one_ms = report["raw_batch1"]["latency_p50_ms"]
-    verdict: dict[str, Any] = {"raw_batch32_throughput_texts_per_s": raw_tput, "raw_batch32_encode_p50_ms": batch32_ms}
+    verdict: dict[str, Any] = {
+        "backend": raw.info.backend,
+        "raw_batch32_throughput_texts_per_s": raw_tput,
+        "raw_batch32_encode_p50_ms": batch32_ms,
+        "backend_over_torch": {
+            "batch32_throughput_ratio": round(raw_tput / report["torch_batch32"]["throughput_texts_per_s"], 3),
+            "batch1_p50_ms": [one_ms, report["torch_batch1"]["latency_p50_ms"]],
+        },
+    }
     for key in ("grpc_concurrent", "http_concurrent", "http_concurrent_base64"):
         r = report[key]
         per_round = [s / b for s, b in zip(r["throughput_per_round"], raw32["throughput_per_round"], strict=True)]

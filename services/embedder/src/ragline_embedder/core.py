@@ -6,16 +6,26 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ragline_common import context
 from ragline_common.errors import InvalidInput, TooLarge, Unavailable
 from ragline_embedder.batcher import Batcher, Stats
+from ragline_embedder.encoders import (
+    PROBES,
+    BackendMismatch,
+    Encoded,
+    Encoder,
+    OnnxEncoder,
+    TorchEncoder,
+    check,
+    export_onnx,
+)
 from ragline_embedder.metrics import EmbedderMetrics
 from ragline_embedder.settings import EmbedderSettings
 
@@ -41,13 +51,6 @@ def weights_hash(folder: Path) -> str:
 
 
 @dataclass(frozen=True)
-class Encoded:
-    vector: np.ndarray
-    tokens: int
-    truncated: bool
-
-
-@dataclass(frozen=True)
 class EmbedResult:
     vectors: list[Encoded]
     stats: Stats
@@ -70,6 +73,7 @@ class ModelInfo:
     max_seq_length: int
     normalized: bool
     device: str
+    backend: str
 
 
 class Embedder:
@@ -79,13 +83,14 @@ class Embedder:
         self.settings = settings
         self.metrics = metrics
         self.threads = threads
-        self.model: Any = None
-        self.bulk_model: Any = None  # a second copy for bulk work (EMBEDDER_BULK_WORKER), on its own thread
+        self.encoder: Encoder | None = None
+        self.bulk_encoder: Encoder | None = None  # EMBEDDER_BULK_WORKER: built on the bulk thread by start()
+        self._build_bulk: Callable[[], Encoder] | None = None
         self.info: ModelInfo | None = None
         self.batcher: Batcher[Encoded] | None = None
 
     def load(self) -> ModelInfo:
-        """Load the model (blocking; call it off the event loop)."""
+        """Load the model and pick its backend (blocking; call it off the event loop)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         # Batches are tokenized on the worker thread while torch uses the cores; Rust tokenizer
@@ -101,35 +106,59 @@ class Embedder:
 
         transformers.logging.disable_progress_bar()
         self._set_threads(torch)
-        device = self.settings.device
+        s = self.settings
+        device = s.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        name = self.settings.model or default_model_path()
+        backend = s.backend if s.backend != "auto" else ("onnx" if device == "cpu" else "torch")
+        if backend == "onnx" and device != "cpu":
+            raise RuntimeError(f"EMBEDDER_BACKEND=onnx runs on the CPU, but the device is {device}; use torch there")
+        name = s.model or default_model_path()
         started = time.perf_counter()
-        self.model = SentenceTransformer(name, device=device)
-        if self.settings.bulk_worker:
-            self.bulk_model = SentenceTransformer(name, device=device)
+        model = SentenceTransformer(name, device=device)
+        dim, max_len = model.get_embedding_dimension(), model.max_seq_length
+        if not dim or not max_len:
+            raise RuntimeError(f"model {name} does not report its embedding dimension and max_seq_length")
+        reference = TorchEncoder(model, normalize=s.normalize)
+        self.encoder = reference
+        self._build_bulk = lambda: TorchEncoder(SentenceTransformer(name, device=device), normalize=s.normalize)
+        if backend == "onnx":
+            tokenizer = model.tokenizer  # not the model: once checked, its weights are not needed again
+            try:
+                graph, inputs = export_onnx(model)
+
+                def onnx_encoder() -> OnnxEncoder:
+                    return OnnxEncoder(
+                        graph, inputs, tokenizer, max_len=max_len, normalize=s.normalize, threads=self.threads
+                    )
+
+                candidate = onnx_encoder()
+                diff = check(candidate, reference)
+            except (BackendMismatch, RuntimeError, ValueError) as exc:
+                if s.backend == "onnx":
+                    raise
+                log.warning("ONNX backend unavailable for %s, running torch instead: %s", name, exc)
+                backend = "torch"
+            else:
+                log.info("ONNX graph matches the model to %.1e over %d probe texts", diff, len(PROBES))
+                self.encoder, self._build_bulk = candidate, onnx_encoder
         folder = Path(name)
-        revision = self.settings.model_revision or (weights_hash(folder) if folder.is_dir() else "unknown")
-        model_id = "sentence-transformers/all-MiniLM-L6-v2" if not self.settings.model else name
-        dim = self.model.get_embedding_dimension()
-        if not dim:
-            raise RuntimeError(f"model {name} does not report an embedding dimension")
+        revision = s.model_revision or (weights_hash(folder) if folder.is_dir() else "unknown")
+        model_id = "sentence-transformers/all-MiniLM-L6-v2" if not s.model else name
         self.info = ModelInfo(
             model=model_id,
             revision=revision,
             dimension=int(dim),
-            max_seq_length=int(self.model.max_seq_length),
-            normalized=self.settings.normalize,
+            max_seq_length=max_len,
+            normalized=s.normalize,
             device=device,
+            backend=backend,
         )
         # Warm up: the first call pays for lazy initialisation, not a user.
-        self._encode(["warm up"])
-        if self.bulk_model is not None:
-            self._encode_bulk(["warm up"])
+        self.encoder(["warm up"])
         log.info(
-            "loaded %s (%s, dim %d, max %d tokens) on %s with %d threads in %.1fs",
-            model_id, revision, dim, self.info.max_seq_length, device, self.threads, time.perf_counter() - started,
+            "loaded %s (%s, dim %d, max %d tokens) on %s, %s backend, with %d threads in %.1fs",
+            model_id, revision, dim, max_len, device, backend, self.threads, time.perf_counter() - started,
         )  # fmt: skip
         return self.info
 
@@ -152,15 +181,18 @@ class Embedder:
             max_wait=s.max_wait_ms / 1000,
             max_queue=s.max_queue,
             max_bulk_batch=s.max_bulk_batch_size,
-            run_bulk_batch=self._encode_bulk if self.bulk_model is not None else None,
+            run_bulk_batch=self._encode_bulk if s.bulk_worker else None,
             bulk_nice=s.bulk_nice,
             on_batch=self.metrics.observe_batch,
             on_depth=self.metrics.queue_depth.set,
         )
         # The worker thread starts its own OpenMP team on its first call: pay for it before serving.
         await self.batcher.run_sync(lambda: self._encode(["warm up"]))
-        if self.bulk_model is not None:
+        if s.bulk_worker and self._build_bulk is not None:
+            # Built on the bulk thread, so whatever threads the backend starts inherit its lower priority.
+            self.bulk_encoder = await self.batcher.run_sync(self._build_bulk, bulk=True)
             await self.batcher.run_sync(lambda: self._encode_bulk(["warm up"]), bulk=True)
+        self._build_bulk = None  # what it holds (the ONNX graph, the model's name) is not needed again
         self.batcher.start()
 
     async def close(self) -> None:
@@ -169,29 +201,13 @@ class Embedder:
 
     def _encode(self, texts: list[str]) -> list[Encoded]:
         """Runs on the batcher's worker thread."""
-        return self._encode_with(self.model, texts)
+        assert self.encoder is not None
+        return self.encoder(texts)
 
     def _encode_bulk(self, texts: list[str]) -> list[Encoded]:
-        """Runs on the batcher's bulk worker thread, with the model's second copy (tokenizers are not shared)."""
-        return self._encode_with(self.bulk_model, texts)
-
-    def _encode_with(self, model: Any, texts: list[str]) -> list[Encoded]:
-        max_len = model.max_seq_length
-        # Counting with max_len + 1 tells "cut" from "exactly max_len" without tokenizing twice in full.
-        ids = model.tokenizer(
-            texts, add_special_tokens=True, truncation=True, max_length=max_len + 1, return_attention_mask=False
-        )["input_ids"]
-        vectors = model.encode(
-            texts,
-            batch_size=len(texts),
-            normalize_embeddings=self.settings.normalize,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return [
-            Encoded(vector=vec, tokens=min(len(t), max_len), truncated=len(t) > max_len)
-            for vec, t in zip(vectors, ids, strict=True)
-        ]
+        """Runs on the batcher's bulk worker thread, with an encoder of its own (tokenizers are not shared)."""
+        assert self.bulk_encoder is not None
+        return self.bulk_encoder(texts)
 
     def validate(self, texts: list[str]) -> None:
         s = self.settings

@@ -22,6 +22,13 @@ class EmbedderSettings(ServiceSettings):
     )
     model_revision: str = Field("", description="Model revision to report; empty = a hash of the weights.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N, mps.")
+    backend: str = Field(
+        "auto",
+        description="auto = onnx on the CPU, torch on a GPU. onnx: the model is exported once at startup (in memory) "
+        "and run by ONNX Runtime, about 2x faster per query than torch on CPU, with the same vectors (checked "
+        "against sentence-transformers at startup; auto falls back to torch if they differ); torch: "
+        "sentence-transformers' own forward pass.",
+    )
     normalize: bool = Field(True, description="L2-normalise vectors (cosine = dot product).")
     max_batch_size: int = Field(
         32, ge=1, le=1024, description="Texts per model call. Larger = more throughput, longer waits per batch."
@@ -69,6 +76,13 @@ class EmbedderSettings(ServiceSettings):
     def _device(cls, value: str) -> str:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if value not in ("auto", "onnx", "torch"):
+            raise ValueError(f"backend must be auto, onnx or torch, got {value!r}")
         return value
 
     @field_validator("max_texts_per_request")

@@ -32,3 +32,9 @@ def test_bad_device_is_refused() -> None:
 def test_request_cap_must_fit_the_queue() -> None:
     with pytest.raises(ValidationError, match=r"must not exceed EMBEDDER_MAX_QUEUE \(10\)"):
         EmbedderSettings(max_queue=10, max_texts_per_request=11)
+
+
+def test_backend_must_be_one_of_the_three() -> None:
+    assert EmbedderSettings(backend="torch").backend == "torch"
+    with pytest.raises(ValidationError, match="backend must be auto, onnx or torch, got 'tensorrt'"):
+        EmbedderSettings(backend="tensorrt")

@@ -1,0 +1,170 @@
+"""Model backends behind one call, texts → vectors with token counts: sentence-transformers' own forward pass
+(torch), or the same model exported once at startup and run by ONNX Runtime (onnx)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# What the startup check feeds both backends: one text alone, a padded batch, a text past max_seq_length, the
+# whitespace, case and scripts a tokenizer treats specially. The exported graph is used only if it agrees.
+PROBES = [
+    "What is a dpkg trigger?",
+    "  Leading and trailing whitespace.  ",
+    "UPPER CASE, lower case and MiXeD",
+    "Ünïcödé, 日本語のテキスト, emoji 🙂 and numbers 3.14159",
+    "A longer sentence so that the batch is padded: " + "packages, triggers and maintainer scripts " * 4,
+    "truncated " * 600,
+]
+MAX_ABS_DIFF = 1e-4  # ONNX Runtime and torch agree to ~1e-7 in fp32 on this model; more means a wrong export
+
+
+class BackendMismatch(RuntimeError):
+    """The exported graph does not reproduce the model (an unsupported module, or a trace that took a branch)."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    vector: np.ndarray
+    tokens: int
+    truncated: bool
+
+
+Encoder = Callable[[list[str]], list[Encoded]]
+
+
+def _token_counts(tokenizer: Any, texts: list[str], max_len: int) -> list[int]:
+    # Counting with max_len + 1 tells "cut" from "exactly max_len" without tokenizing a long text in full.
+    return [
+        len(ids)
+        for ids in tokenizer(
+            texts, add_special_tokens=True, truncation=True, max_length=max_len + 1, return_attention_mask=False
+        )["input_ids"]
+    ]
+
+
+def _encoded(vectors: np.ndarray, counts: list[int], max_len: int) -> list[Encoded]:
+    return [
+        Encoded(vector=vec, tokens=min(n, max_len), truncated=n > max_len)
+        for vec, n in zip(vectors, counts, strict=True)
+    ]
+
+
+class TorchEncoder:
+    """sentence-transformers' encode. Not shared between threads: a fast tokenizer is not thread-safe."""
+
+    backend = "torch"
+
+    def __init__(self, model: Any, *, normalize: bool) -> None:
+        self.model = model
+        self.normalize = normalize
+        self.max_len = int(model.max_seq_length)
+
+    def __call__(self, texts: list[str]) -> list[Encoded]:
+        counts = _token_counts(self.model.tokenizer, texts, self.max_len)
+        vectors = self.model.encode(
+            texts,
+            batch_size=len(texts),
+            normalize_embeddings=self.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return _encoded(vectors, counts, self.max_len)
+
+
+def export_onnx(model: Any) -> tuple[bytes, list[str]]:
+    """The whole sentence-transformers pipeline (transformer, pooling, normalize …) as an ONNX graph, in memory.
+
+    Traced from a padded batch, so that every data-dependent branch in the model's masking code takes the
+    general (padded) path; `check` then compares the graph with the model. Returns the graph and its inputs.
+    """
+    import torch
+
+    tokenizer = model.tokenizer
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
+    example = tokenizer(["a", "a longer example, so that the batch is padded"], padding=True, return_tensors="pt")
+
+    class SentenceEmbedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return self.model(dict(zip(names, inputs, strict=True)))["sentence_embedding"]
+
+    buffer = io.BytesIO()
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        # The TorchScript exporter notes every Python-level shape check in the HF code it traces and that it is
+        # the older of torch's two exporters (the newer needs onnxscript); check() is the test that counts.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            SentenceEmbedding().eval(),
+            tuple(example[n] for n in names),
+            buffer,  # type: ignore[arg-type]  # a file-like object is accepted; the stub names only paths
+            input_names=names,
+            output_names=["embedding"],
+            dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in names}, "embedding": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    log.info("exported the model to ONNX (%d MB) in %.1fs", buffer.tell() >> 20, time.perf_counter() - started)
+    return buffer.getvalue(), names
+
+
+class OnnxEncoder:
+    """The exported graph on ONNX Runtime's CPU provider, with its own copy of the tokenizer."""
+
+    backend = "onnx"
+
+    def __init__(
+        self, graph: bytes, inputs: list[str], tokenizer: Any, *, max_len: int, normalize: bool, threads: int
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ONNX Runtime's pool spins between ops by default: on shared cores that takes them from every neighbour
+        # (the same reason OMP_WAIT_POLICY is PASSIVE for torch).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        # A session's thread pool is started by the thread that builds it and inherits its CPU priority: the
+        # bulk lane builds its own session on its own (lower priority) thread.
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.inputs = inputs
+        self.tokenizer = copy.deepcopy(tokenizer)
+        self.max_len = max_len
+        self.normalize = normalize
+
+    def __call__(self, texts: list[str]) -> list[Encoded]:
+        counts = _token_counts(self.tokenizer, texts, self.max_len)
+        features = self.tokenizer(
+            texts, padding=True, truncation="longest_first", max_length=self.max_len, return_tensors="np"
+        )
+        (vectors,) = self.session.run(None, {n: features[n].astype(np.int64, copy=False) for n in self.inputs})
+        if self.normalize:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return _encoded(vectors.astype(np.float32, copy=False), counts, self.max_len)
+
+
+def check(candidate: Encoder, reference: Encoder) -> float:
+    """Largest difference between two encoders' vectors over PROBES; BackendMismatch above MAX_ABS_DIFF."""
+    got = np.stack([e.vector for e in candidate(PROBES)])
+    want = np.stack([e.vector for e in reference(PROBES)])
+    diff = float(np.max(np.abs(got - want)))
+    if diff > MAX_ABS_DIFF:
+        raise BackendMismatch(f"the ONNX graph differs from the model by {diff:.2g} (at most {MAX_ABS_DIFF} allowed)")
+    return diff

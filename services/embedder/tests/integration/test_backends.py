@@ -1,0 +1,68 @@
+"""The two model backends: ONNX Runtime gives the vectors sentence-transformers gives, or it is not used."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ragline_embedder import core
+from ragline_embedder.core import Embedder
+from ragline_embedder.encoders import BackendMismatch
+from ragline_embedder.metrics import EmbedderMetrics
+from ragline_embedder.settings import EmbedderSettings
+
+pytestmark = pytest.mark.integration
+
+GOLDEN = json.loads((Path(__file__).parent / "golden_vectors.json").read_text())
+TEXTS = [item["text"] for item in GOLDEN["items"]] + ["word " * 400, "  spaced  ", "Ünïcödé 日本語"]
+
+
+def loaded(**settings: object) -> Embedder:
+    embedder = Embedder(EmbedderSettings(**settings), EmbedderMetrics(CollectorRegistry()), 1)
+    embedder.load()
+    return embedder
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[dict[str, Embedder]]:
+    yield {name: loaded(backend=name) for name in ("torch", "onnx")}
+
+
+def test_auto_picks_onnx_on_the_cpu(backends: dict[str, Embedder]) -> None:
+    assert loaded().info.backend == "onnx"  # type: ignore[union-attr]
+    assert {name: e.info.backend for name, e in backends.items()} == {"torch": "torch", "onnx": "onnx"}  # type: ignore[union-attr]
+
+
+def test_both_backends_give_the_golden_vectors(backends: dict[str, Embedder]) -> None:
+    for name, embedder in backends.items():
+        assert embedder.encoder is not None
+        got = embedder.encoder([item["text"] for item in GOLDEN["items"]])
+        for item, enc in zip(GOLDEN["items"], got, strict=True):
+            assert np.max(np.abs(enc.vector - np.array(item["vector"]))) < GOLDEN["tolerance"], (name, item["text"])
+
+
+def test_both_backends_agree_on_vectors_tokens_and_truncation_in_one_padded_batch(
+    backends: dict[str, Embedder],
+) -> None:
+    onnx, torch = (backends[n].encoder for n in ("onnx", "torch"))
+    assert onnx is not None and torch is not None
+    a, b = onnx(TEXTS), torch(TEXTS)
+    assert [(e.tokens, e.truncated) for e in a] == [(e.tokens, e.truncated) for e in b]
+    assert a[len(GOLDEN["items"])].truncated  # the 400-word text was cut at max_seq_length
+    assert np.max(np.abs(np.stack([e.vector for e in a]) - np.stack([e.vector for e in b]))) < 1e-4
+    assert all(e.vector.dtype == np.float32 and abs(np.linalg.norm(e.vector) - 1) < 1e-5 for e in a)
+
+
+def test_a_graph_that_disagrees_falls_back_to_torch_under_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    def mismatch(*args: object) -> float:
+        raise BackendMismatch("the ONNX graph differs from the model by 0.3 (at most 0.0001 allowed)")
+
+    monkeypatch.setattr(core, "check", mismatch)
+    assert loaded().info.backend == "torch"  # type: ignore[union-attr]
+    with pytest.raises(BackendMismatch, match="differs from the model by 0.3"):
+        loaded(backend="onnx")  # asked for by name: refuse to start rather than serve other vectors
