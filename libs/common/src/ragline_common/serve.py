@@ -154,9 +154,9 @@ async def run(service: Service, *, handle_signals: bool = True) -> None:
             await service.startup()
         freeze_startup_heap()
 
-    startup_task: asyncio.Future[None] = asyncio.ensure_future(start_then_freeze())
+    startup_task = asyncio.create_task(start_then_freeze())
     stop_task = asyncio.create_task(service._stop.wait())
-    watched = {stop_task, http_task, startup_task}
+    watched: set[asyncio.Task[Any]] = {stop_task, http_task, startup_task}
     failed: BaseException | None = None
     while True:
         done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
