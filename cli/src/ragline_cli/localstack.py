@@ -86,6 +86,8 @@ class Stack:
         # Two cores, four processes: each model gets a deliberate share instead of every core each.
         env[p + "THREADS"] = str(self.threads.get(name, 2 if name == "generator" else 1))
         grpc_of = {n: f"127.0.0.1:{self.ports[n][1]}" for n in SERVICES}
+        if name == "embedder":
+            env["EMBEDDER_CACHE_DIR"] = str(self.data_dir / "cache")  # the ONNX graph: a restart skips the export
         if name == "retriever":
             env["RETRIEVER_EMBEDDER_ADDR"] = grpc_of["embedder"]
             env["RETRIEVER_DATA_DIR"] = str(self.data_dir / "retriever")

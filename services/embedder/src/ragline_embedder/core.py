@@ -21,6 +21,8 @@ from ragline_embedder.encoders import (
     BackendMismatch,
     Encoded,
     Encoder,
+    Graph,
+    GraphCache,
     OnnxEncoder,
     TorchEncoder,
     check,
@@ -93,7 +95,7 @@ class Embedder:
         """Load the model and pick its backend (blocking; call it off the event loop)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        # Batches are tokenized on the worker thread while torch uses the cores; Rust tokenizer
+        # Batches are tokenized on the worker thread while the model uses the cores; Rust tokenizer
         # threads on top of those only fight them (a 32-text batch tokenizes in about a millisecond).
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         # OpenMP threads that spin at barriers lose their core to the event loop, gRPC and any neighbour,
@@ -101,10 +103,7 @@ class Embedder:
         # spinning against 0.48 s passive. Read once, when torch loads libgomp (so set before the import).
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
-        import transformers
-        from sentence_transformers import SentenceTransformer
 
-        transformers.logging.disable_progress_bar()
         self._set_threads(torch)
         s = self.settings
         device = s.device
@@ -114,7 +113,63 @@ class Embedder:
         if backend == "onnx" and device != "cpu":
             raise RuntimeError(f"EMBEDDER_BACKEND=onnx runs on the CPU, but the device is {device}; use torch there")
         name = s.model or default_model_path()
+        folder = Path(name)
+        content = weights_hash(folder) if folder.is_dir() else None  # what the weights are, not what they are called
+        cache = GraphCache(Path(s.cache_dir)) if s.cache_dir and content else None
         started = time.perf_counter()
+        graph = cache.load(content) if cache and content and backend == "onnx" else None
+        if graph is not None and self._use_graph(graph):
+            # No sentence-transformers import, no export, no check: 5 of the 9 s a cold start takes here.
+            log.info("ONNX graph from the cache: %s", cache.path(content) if cache and content else "")
+            dim, max_len = graph.dimension, graph.max_seq_length
+        else:
+            dim, max_len, backend = self._load_model(name, device, backend, cache, content)
+        model_id = "sentence-transformers/all-MiniLM-L6-v2" if not s.model else name
+        self.info = ModelInfo(
+            model=model_id,
+            revision=s.model_revision or content or "unknown",
+            dimension=dim,
+            max_seq_length=max_len,
+            normalized=s.normalize,
+            device=device,
+            backend=backend,
+        )
+        # numpy's and scipy's OpenBLAS would each start a pool of every core beside the model's (nothing hot uses
+        # them here); after the imports, so that every BLAS library the model's packages brought in is covered.
+        threadpool_limits(limits=1, user_api="blas")
+        # Warm up: the first call pays for lazy initialisation, not a user.
+        assert self.encoder is not None
+        self.encoder(["warm up"])
+        log.info(
+            "loaded %s (%s, dim %d, max %d tokens) on %s, %s backend, with %d threads in %.1fs",
+            model_id, self.info.revision, dim, max_len, device, backend, self.threads, time.perf_counter() - started,
+        )  # fmt: skip
+        return self.info
+
+    def _use_graph(self, graph: Graph) -> bool:
+        """Serve from `graph` (both lanes); False when ONNX Runtime will not take it."""
+
+        def build() -> OnnxEncoder:
+            return OnnxEncoder(graph, normalize=self.settings.normalize, threads=self.threads)
+
+        try:
+            self.encoder = build()
+        except Exception as exc:  # onnxruntime raises its own types for a graph it cannot parse
+            log.warning("ONNX graph unusable, exporting again: %s", exc)
+            return False
+        self._build_bulk = build
+        return True
+
+    def _load_model(
+        self, name: str, device: str, backend: str, cache: GraphCache | None, content: str | None
+    ) -> tuple[int, int, str]:
+        """sentence-transformers' model; with the onnx backend also its graph, exported, checked and cached.
+        Returns the dimension, max_seq_length and the backend that runs (auto falls back to torch)."""
+        import transformers
+        from sentence_transformers import SentenceTransformer
+
+        transformers.logging.disable_progress_bar()
+        s = self.settings
         model = SentenceTransformer(name, device=device)
         dim, max_len = model.get_embedding_dimension(), model.max_seq_length
         if not dim or not max_len:
@@ -123,55 +178,32 @@ class Embedder:
         self.encoder = reference
         self._build_bulk = lambda: TorchEncoder(SentenceTransformer(name, device=device), normalize=s.normalize)
         if backend == "onnx":
-            tokenizer = model.tokenizer  # not the model: once checked, its weights are not needed again
             try:
-                graph, inputs = export_onnx(model)
-
-                def onnx_encoder() -> OnnxEncoder:
-                    return OnnxEncoder(
-                        graph, inputs, tokenizer, max_len=max_len, normalize=s.normalize, threads=self.threads
-                    )
-
-                candidate = onnx_encoder()
+                graph = export_onnx(model)
+                candidate = OnnxEncoder(graph, normalize=s.normalize, threads=self.threads)
                 diff = check(candidate, reference)
             except (BackendMismatch, RuntimeError, ValueError) as exc:
                 if s.backend == "onnx":
                     raise
                 log.warning("ONNX backend unavailable for %s, running torch instead: %s", name, exc)
-                backend = "torch"
-            else:
-                log.info("ONNX graph matches the model to %.1e over %d probe texts", diff, len(PROBES))
-                self.encoder, self._build_bulk = candidate, onnx_encoder
-        folder = Path(name)
-        revision = s.model_revision or (weights_hash(folder) if folder.is_dir() else "unknown")
-        model_id = "sentence-transformers/all-MiniLM-L6-v2" if not s.model else name
-        self.info = ModelInfo(
-            model=model_id,
-            revision=revision,
-            dimension=int(dim),
-            max_seq_length=max_len,
-            normalized=s.normalize,
-            device=device,
-            backend=backend,
-        )
-        # Warm up: the first call pays for lazy initialisation, not a user.
-        self.encoder(["warm up"])
-        log.info(
-            "loaded %s (%s, dim %d, max %d tokens) on %s, %s backend, with %d threads in %.1fs",
-            model_id, revision, dim, max_len, device, backend, self.threads, time.perf_counter() - started,
-        )  # fmt: skip
-        return self.info
+                return int(dim), int(max_len), "torch"
+            log.info("ONNX graph matches the model to %.1e over %d probe texts", diff, len(PROBES))
+            self.encoder, self._build_bulk = (
+                candidate,
+                lambda: OnnxEncoder(graph, normalize=s.normalize, threads=self.threads),
+            )
+            if cache and content:
+                cache.save(content, graph)
+        return int(dim), int(max_len), backend
 
     def _set_threads(self, torch: Any) -> None:
-        """One pool owns the cores: torch's intra-op pool gets `threads`; inter-op and BLAS get one each."""
+        """One pool owns the cores: torch's intra-op pool gets `threads`, its inter-op pool one (BLAS: load())."""
         torch.set_num_threads(self.threads)
         try:
             # Eager inference does not use the inter-op pool; it only adds idle threads.
             torch.set_num_interop_threads(1)
         except RuntimeError:
             pass  # allowed once per process, before any parallel work (a second Embedder in tests)
-        # numpy's OpenBLAS would start its own pool of every core beside torch's (nothing hot uses it here).
-        threadpool_limits(limits=1, user_api="blas")
 
     async def start(self) -> None:
         s = self.settings

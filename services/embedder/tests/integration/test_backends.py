@@ -66,3 +66,28 @@ def test_a_graph_that_disagrees_falls_back_to_torch_under_auto(monkeypatch: pyte
     assert loaded().info.backend == "torch"  # type: ignore[union-attr]
     with pytest.raises(BackendMismatch, match="differs from the model by 0.3"):
         loaded(backend="onnx")  # asked for by name: refuse to start rather than serve other vectors
+
+
+def test_a_restart_takes_the_checked_graph_from_the_cache(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first = loaded(cache_dir=str(tmp_path))
+    (entry,) = tmp_path.glob("embedder-*")  # one entry, written whole (no partial folder left beside it)
+    assert {p.name for p in entry.iterdir()} == {"model.onnx", "graph.json", "tokenizer"}
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ragline_embedder"):
+        again = loaded(cache_dir=str(tmp_path))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("ONNX graph from the cache") for m in messages), messages
+    assert not any(m.startswith("exported the model") for m in messages), messages
+    assert first.encoder is not None and again.encoder is not None
+    a, b = first.encoder(TEXTS), again.encoder(TEXTS)
+    assert np.max(np.abs(np.stack([e.vector for e in a]) - np.stack([e.vector for e in b]))) < 1e-6
+
+
+def test_an_unusable_cached_graph_is_exported_again(tmp_path: Path) -> None:
+    loaded(cache_dir=str(tmp_path))
+    (entry,) = tmp_path.glob("embedder-*")
+    graph = entry / "model.onnx"
+    graph.write_bytes(b"not an onnx graph")
+    embedder = loaded(cache_dir=str(tmp_path))
+    assert embedder.info.backend == "onnx"  # type: ignore[union-attr]
+    assert (entry / "model.onnx").stat().st_size > 1_000_000  # written again, whole
