@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import statistics
 import time
 from typing import Any
@@ -15,6 +17,8 @@ from tests.reliability.procstat import growth, open_fds, rss_bytes
 from tests.reliability.rawhttp import RawClient, Reply
 from tests.reliability.report import env_float, record
 from tests.reliability.steady import QUERY_PERIOD, SEARCH_PERIOD, search, short_query
+
+STAGE = re.compile(r"(\w+);dur=([\d.]+)")
 
 pytestmark = pytest.mark.reliability
 
@@ -51,12 +55,46 @@ async def ingest(client: RawClient, i: int) -> Reply:
     return await client.post("/v1/documents", body)
 
 
+def host_reference_ms() -> float:
+    """CPU milliseconds for a fixed piece of work (sha256 of 8 MiB): how fast this host runs right now, measured in
+    the same run as the stack. Thread CPU time, not wall time, so waiting for a core does not count; on a thread
+    (hashlib releases the GIL), so the load's loop never waits for it."""
+    data = b"\x5a" * (1 << 20)
+    started = time.thread_time()
+    for _ in range(8):
+        hashlib.sha256(data).digest()
+    return (time.thread_time() - started) * 1000
+
+
+def minute_medians(points: list[tuple[float, float]], minutes: int) -> list[float]:
+    """Median of the values whose time falls in each measured minute (0.0 for a minute without any)."""
+    out = []
+    for m in range(minutes):
+        start = WARMUP_SECONDS + m * MINUTE
+        window = [v for t, v in points if start <= t < start + MINUTE]
+        out.append(round(statistics.median(window), 2) if window else 0.0)
+    return out
+
+
 @pytest.mark.timeout(int(WARMUP_SECONDS + SOAK_SECONDS) + 300)
 async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
     pids = {name: stack.procs[name].popen.pid for name in SERVICES}  # type: ignore[union-attr]
     samples: list[dict[str, Any]] = []
+    stages: list[tuple[float, dict[str, float]]] = []  # (seconds since t0, Server-Timing of one search)
+    host: list[tuple[float, float]] = []
     stop = asyncio.Event()
     t0 = time.perf_counter()
+
+    async def timed_search(client: RawClient, i: int) -> Reply:
+        reply = await search(client, i)
+        if reply.status_code == 200:
+            stages.append(
+                (
+                    time.perf_counter() - t0,
+                    {k: float(v) for k, v in STAGE.findall(reply.headers.get("server-timing", ""))},
+                )
+            )
+        return reply
 
     async def sample_forever() -> None:
         while not stop.is_set():
@@ -67,6 +105,7 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
                     "fds": {n: open_fds(p) for n, p in pids.items()},
                 }
             )
+            host.append((time.perf_counter() - t0, await asyncio.to_thread(host_reference_ms)))
             await asyncio.sleep(10.0)
 
     sampler = asyncio.create_task(sample_forever())
@@ -74,7 +113,7 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
     async with make_client(stack.api_url, timeout=7.0) as c1, make_client(stack.api_url, timeout=7.0) as c2:
         async with make_client(stack.api_url, timeout=7.0) as c3:
             runs = await asyncio.gather(
-                closed_loop(c1, search, clients=SEARCH_CLIENTS, duration=total, t0=t0, period=SEARCH_PERIOD),
+                closed_loop(c1, timed_search, clients=SEARCH_CLIENTS, duration=total, t0=t0, period=SEARCH_PERIOD),
                 closed_loop(c2, short_query, clients=1, duration=total, t0=t0, period=QUERY_PERIOD),
                 closed_loop(c3, ingest, clients=1, duration=total, t0=t0, period=INGEST_PERIOD),
             )
@@ -114,6 +153,14 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
             # Beside p99: a host that slows down moves the median too; a tail that grows moves p99 alone.
             "search_p50_ms_per_minute": [m["p50_ms"] for m in per_minute],
             "search_p95_ms_per_minute": [m["p95_ms"] for m in per_minute],
+            # Where a shift comes from: each stage's median per minute, as the api's Server-Timing reports it
+            # (embed and store search as the retriever saw them, the whole retriever call as the api saw it),
+            # and the host's own speed on a fixed piece of work, sampled every 10 s.
+            "stage_p50_ms_per_minute": {
+                name: minute_medians([(t, st[name]) for t, st in stages if name in st], minutes)
+                for name in ("embed", "search", "retriever")
+            },
+            "host_reference_ms_per_minute": minute_medians(host, minutes),
             "max_p99_drift": max((abs(d) for d in p99_drift), default=0.0),
             "max_rss_growth": max(rss_growth.values()),
             "fd_change": fd_change,
