@@ -173,7 +173,8 @@ class GraphCache:
             return Graph(
                 onnx=(path / "model.onnx").read_bytes(),
                 inputs=list(meta["inputs"]),
-                tokenizer=AutoTokenizer.from_pretrained(str(path / "tokenizer")),
+                # Our own cache folder, never the hub (local_files_only), so there is no revision to pin.
+                tokenizer=AutoTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True),  # nosec B615
                 dimension=int(meta["dimension"]),
                 max_seq_length=int(meta["max_seq_length"]),
             )
