@@ -27,3 +27,17 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def host_cpu_seconds() -> dict[str, float]:
+    """The whole host's CPU time so far, from the first line of /proc/stat: `busy` (every core's time doing work,
+    any process), `steal` (time the hypervisor gave this VM's cores to someone else) and `total`."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+    tck = os.sysconf("SC_CLK_TCK")
+    return {
+        "busy": (user + nice + system + irq + softirq) / tck,
+        "steal": steal / tck,
+        "total": sum(ticks[:8]) / tck,
+    }
