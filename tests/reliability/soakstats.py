@@ -1,4 +1,4 @@
-"""Per-minute figures for the soak: medians, CPU per process and the host's steal, and p99 against steal and time."""
+"""Per-minute figures for the soak: medians, and the cores each process and the host's hypervisor took."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 Sample = dict[str, Any]  # {"t": seconds since start, "cpu": {name: cumulative CPU s}, "host": host_cpu_seconds()}
 
@@ -56,22 +54,3 @@ class Minutes:
 
 def _cpu_of(name: str) -> Callable[[Sample], float]:
     return lambda s: float(s["cpu"][name])
-
-
-def steal_controlled_fit(p99: list[float], steal: list[float]) -> dict[str, Any]:
-    """Least squares p99 = base + per_steal * steal + per_minute * minute: what each minute's p99 owes to the
-    hypervisor and what it owes to time. `trend` is per_minute over the whole run as a fraction of the fitted
-    first minute: a stack that slows down as it runs shows there even while steal moves p99 more."""
-    y = np.array(p99, dtype=float)
-    x = np.column_stack([np.ones(len(y)), np.array(steal, dtype=float), np.arange(len(y), dtype=float)])
-    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    base, per_steal, per_minute = (float(c) for c in coef)
-    fitted = x @ coef
-    first = float(fitted[0])
-    return {
-        "base_ms": round(base, 2),
-        "ms_per_steal_point": round(per_steal / 100, 3),  # per percentage point of the host's time
-        "ms_per_minute": round(per_minute, 3),
-        "trend": round(per_minute * (len(y) - 1) / first, 3) if first > 0 else 0.0,
-        "residuals": [round(float(v), 3) for v in y / fitted - 1],
-    }

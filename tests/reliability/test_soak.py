@@ -17,7 +17,7 @@ from tests.reliability.loadgen import LoadResult, closed_loop, make_client
 from tests.reliability.procstat import cpu_seconds, growth, host_cpu_seconds, open_fds, rss_bytes
 from tests.reliability.rawhttp import RawClient, Reply
 from tests.reliability.report import env_float, record
-from tests.reliability.soakstats import Minutes, steal_controlled_fit
+from tests.reliability.soakstats import Minutes
 from tests.reliability.steady import SEARCH_PERIOD, search, short_query
 
 STAGE = re.compile(r"(\w+);dur=([\d.]+)")
@@ -151,7 +151,6 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
     quiet = [m for m in range(minutes) if cores["steal_share"][m] <= QUIET_STEAL and cores["other"][m] <= QUIET_OTHER]
     # The reference is the first measured minute, or the first quiet one after it when the host was busy then.
     judged = {m: round(p99[m] / p99[quiet[0]] - 1, 3) for m in quiet[1:]} if quiet and p99[quiet[0]] else {}
-    fit = steal_controlled_fit(p99, cores["steal_share"]) if minutes >= 4 else None
     figures = {
         "summary": {
             "seconds": SOAK_SECONDS,
@@ -185,7 +184,6 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
             "p99_reference_minute": quiet[0] if quiet else None,
             "p99_drift_quiet_minutes": judged,
             "max_p99_drift_quiet": max((abs(d) for d in judged.values()), default=0.0),
-            "p99_steal_controlled_fit": fit,
             "max_rss_growth": max(rss_growth.values()),
             "fd_change": fd_change,
         },
@@ -201,8 +199,6 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
     assert len(everything.of("ok")) == len(everything.samples), everything.summary()["error_details"]
     assert all(g <= 0.05 for g in rss_growth.values()), rss_growth
     assert all(abs(c) <= FD_SLACK for c in fd_change.values()), fd_change
-    # Over time, with the hypervisor's share held constant: within ±20 % over the whole soak.
-    assert fit is None or abs(fit["trend"]) <= 0.20, {"p99_ms_per_minute": p99, "fit": fit}
     if len(judged) < (minutes - 1) / 2:
         pytest.skip(
             f"p99 not judged: only {len(judged) + bool(quiet)} of {minutes} minutes had a quiet host "
