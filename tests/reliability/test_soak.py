@@ -31,14 +31,20 @@ MINUTE = min(60.0, SOAK_SECONDS / 5)  # the unit of comparison; shorter only whe
 # 64 ms at p99 where the next nine measured 33-50 ms).
 WARMUP_SECONDS = MINUTE
 MEMORY_WARMUP = 2 * MINUTE
-FD_SLACK = 10
-# This host is a VM on a shared machine: under the soak's load its hypervisor took 0.2-20 % of the host's time
-# per minute (steal, /proc/stat), and search p99 follows it (5 minutes of one run: steal 4.7, 6.2, 1.5, 8.4,
-# 19.4 % against p99 43, 54, 33, 61, 77 ms, with every service's CPU flat within 10 %). A minute is judged only
-# when the host left it alone: steal at most QUIET_STEAL of its time and at most QUIET_OTHER cores used by
-# processes outside the test. Every minute is still recorded, judged or not.
+FD_SLACK = 10  # pools open and close connections; a leak per request would add hundreds in 10 minutes
+# This host is a VM on a shared machine, and per-minute p99 follows what its hypervisor does, not ragline:
+# - steal (/proc/stat): 0.2-24 % of the host's time per minute under this load; one run's minutes at 2 % and
+#   24 % measured p99 37.8 and 103 ms, with every service's CPU flat within 10 %;
+# - a change that steal does not show: the last two minutes of another run, steal under 0.4 %, every process
+#   (the load generator too) used 30 % less CPU for the same work while every stage, the in-process store
+#   search included, took 50 % longer. The load generator does the same work every minute, whatever ragline
+#   does, so its CPU moves only when the host does.
+# A minute is judged only when the host left it alone: steal at most QUIET_STEAL of its time, at most
+# QUIET_OTHER cores used by processes outside the test, and the load generator's cores within QUIET_LOADGEN of
+# its median over the soak. Every minute is still recorded, judged or not.
 QUIET_STEAL = 0.02
-QUIET_OTHER = 0.1  # pools open and close connections; a leak per request would add hundreds in 10 minutes
+QUIET_OTHER = 0.1
+QUIET_LOADGEN = 0.10
 
 
 # Steady means every minute offers the same work: searches at a fixed rate (not as fast as the stack can
@@ -148,7 +154,14 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
     fd_change = {n: last["fds"][n] - warm["fds"][n] for n in pids}
     p99_drift = [round(v / p99[0] - 1, 3) for v in p99[1:]] if p99 and p99[0] else []
     cores = windows.cpu(samples)
-    quiet = [m for m in range(minutes) if cores["steal_share"][m] <= QUIET_STEAL and cores["other"][m] <= QUIET_OTHER]
+    loadgen = statistics.median(cores["loadgen"])
+    quiet = [
+        m
+        for m in range(minutes)
+        if cores["steal_share"][m] <= QUIET_STEAL
+        and cores["other"][m] <= QUIET_OTHER
+        and abs(cores["loadgen"][m] - loadgen) <= QUIET_LOADGEN * loadgen
+    ]
     # The reference is the first measured minute, or the first quiet one after it when the host was busy then.
     judged = {m: round(p99[m] / p99[quiet[0]] - 1, 3) for m in quiet[1:]} if quiet and p99[quiet[0]] else {}
     figures = {
@@ -192,7 +205,7 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
         "ingest": ingests.summary(),
         "rss_growth": rss_growth,
         "rss_median_bytes": {"after_warm_up": warm_rss, "last_minute": last_rss},
-        "samples": samples,
+        "samples": [{k: s[k] for k in ("t", "rss", "fds")} for s in samples],  # cpu: per minute above
     }
     record("soak", figures)
 
@@ -202,7 +215,8 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
     if len(judged) < (minutes - 1) / 2:
         pytest.skip(
             f"p99 not judged: only {len(judged) + bool(quiet)} of {minutes} minutes had a quiet host "
-            f"(steal share per minute {cores['steal_share']}, other processes' cores {cores['other']}; "
-            f"limits {QUIET_STEAL} and {QUIET_OTHER}); memory, fds and failures passed. Figures: report.json 'soak'"
+            f"(steal share per minute {cores['steal_share']}, other processes' cores {cores['other']}, the load "
+            f"generator's {cores['loadgen']}; limits {QUIET_STEAL}, {QUIET_OTHER}, ±{QUIET_LOADGEN:.0%} of its "
+            "median); memory, fds and failures passed. Figures: report.json 'soak'"
         )
     assert all(abs(d) <= 0.20 for d in judged.values()), {"p99_ms_per_minute": p99, "quiet_minutes_drift": judged}
