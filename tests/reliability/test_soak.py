@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -108,31 +111,47 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
             )
         return reply
 
-    async def sample_forever() -> None:
+    async def sample_forever(cpu_pids: dict[str, int]) -> None:
         while not stop.is_set():
             samples.append(
                 {
                     "t": round(time.perf_counter() - t0, 1),
                     "rss": {n: rss_bytes(p) for n, p in pids.items()},
                     "fds": {n: open_fds(p) for n, p in pids.items()},
-                    "cpu": {**{n: cpu_seconds(p) for n, p in pids.items()}, "loadgen": cpu_seconds(os.getpid())},
+                    "cpu": {n: cpu_seconds(p) for n, p in cpu_pids.items()},
                     "host": host_cpu_seconds(),
                 }
             )
             host.append((time.perf_counter() - t0, await asyncio.to_thread(host_reference_ms)))
             await asyncio.sleep(10.0)
 
-    sampler = asyncio.create_task(sample_forever())
     total = WARMUP_SECONDS + SOAK_SECONDS
-    async with make_client(stack.api_url, timeout=7.0) as c1, make_client(stack.api_url, timeout=7.0) as c2:
-        async with make_client(stack.api_url, timeout=7.0) as c3:
-            runs = await asyncio.gather(
-                closed_loop(c1, timed_search, clients=SEARCH_CLIENTS, duration=total, t0=t0, period=SEARCH_PERIOD),
-                closed_loop(c2, short_query, clients=1, duration=total, t0=t0, period=QUERY_PERIOD),
-                closed_loop(c3, ingest, clients=1, duration=total, t0=t0, period=INGEST_PERIOD),
-            )
-    stop.set()
-    await sampler
+    # The host's wake-up latency beside the load, in its own process (stopped by its PID below).
+    probe = subprocess.Popen(
+        [sys.executable, "-m", "tests.reliability.wakeprobe", "--seconds", str(total + 30)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pids_cpu = {**pids, "loadgen": os.getpid(), "wakeprobe": probe.pid}
+    sampler = asyncio.create_task(sample_forever(pids_cpu))
+    try:
+        async with make_client(stack.api_url, timeout=7.0) as c1, make_client(stack.api_url, timeout=7.0) as c2:
+            async with make_client(stack.api_url, timeout=7.0) as c3:
+                runs = await asyncio.gather(
+                    closed_loop(c1, timed_search, clients=SEARCH_CLIENTS, duration=total, t0=t0, period=SEARCH_PERIOD),
+                    closed_loop(c2, short_query, clients=1, duration=total, t0=t0, period=QUERY_PERIOD),
+                    closed_loop(c3, ingest, clients=1, duration=total, t0=t0, period=INGEST_PERIOD),
+                )
+    finally:
+        stop.set()
+        await sampler
+        probe.terminate()
+        try:
+            wake_lines, _ = probe.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            probe.kill()
+            wake_lines, _ = probe.communicate()
+    wake = [json.loads(line) for line in wake_lines.splitlines() if line.startswith("{")]
     searches, queries, ingests = runs
     everything = LoadResult([s for r in runs for s in r.samples], total)  # warm-up included: nothing may fail
 
@@ -154,11 +173,12 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
     fd_change = {n: last["fds"][n] - warm["fds"][n] for n in pids}
     p99_drift = [round(v / p99[0] - 1, 3) for v in p99[1:]] if p99 and p99[0] else []
     cores = windows.cpu(samples)
-    loadgen = statistics.median(cores["loadgen"])
+    loadgen = statistics.median([c for c in cores["loadgen"] if c > 0] or [0.0])
     quiet = [
         m
         for m in range(minutes)
-        if cores["steal_share"][m] <= QUIET_STEAL
+        if cores["loadgen"][m] > 0  # 0: no sample in a (shortened) minute, nothing known
+        and cores["steal_share"][m] <= QUIET_STEAL
         and cores["other"][m] <= QUIET_OTHER
         and abs(cores["loadgen"][m] - loadgen) <= QUIET_LOADGEN * loadgen
     ]
@@ -188,6 +208,9 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
             },
             "host_reference_ms_per_minute": windows.medians(host),
             "cpu_cores_per_minute": cores,
+            # How late the host woke a process sleeping 2 ms (overshoot, µs; median of the 10-s windows' p99):
+            # a hypervisor slow to run a halted vCPU shows here and not in steal.
+            "host_wakeup_p99_us_per_minute": windows.medians([(w["t"] - t0, w["p99_us"]) for w in wake]),
             "query_completed_per_minute": [
                 queries.window(WARMUP_SECONDS + m * MINUTE, WARMUP_SECONDS + (m + 1) * MINUTE).summary()["ok"]["count"]
                 for m in range(minutes)
@@ -212,9 +235,9 @@ async def test_soak_mixed_load_stays_flat(stack: Stack) -> None:
     assert len(everything.of("ok")) == len(everything.samples), everything.summary()["error_details"]
     assert all(g <= 0.05 for g in rss_growth.values()), rss_growth
     assert all(abs(c) <= FD_SLACK for c in fd_change.values()), fd_change
-    if len(judged) < (minutes - 1) / 2:
+    if len(quiet) < minutes / 2:
         pytest.skip(
-            f"p99 not judged: only {len(judged) + bool(quiet)} of {minutes} minutes had a quiet host "
+            f"p99 not judged: only {len(quiet)} of {minutes} minutes had a quiet host "
             f"(steal share per minute {cores['steal_share']}, other processes' cores {cores['other']}, the load "
             f"generator's {cores['loadgen']}; limits {QUIET_STEAL}, {QUIET_OTHER}, ±{QUIET_LOADGEN:.0%} of its "
             "median); memory, fds and failures passed. Figures: report.json 'soak'"
