@@ -115,15 +115,15 @@ class Embedder:
         name = s.model or default_model_path()
         folder = Path(name)
         content = weights_hash(folder) if folder.is_dir() else None  # what the weights are, not what they are called
-        cache = GraphCache(Path(s.cache_dir)) if s.cache_dir and content else None
+        cache = GraphCache(Path(s.cache_dir), content) if s.cache_dir and content else None
         started = time.perf_counter()
-        graph = cache.load(content) if cache and content and backend == "onnx" else None
+        graph = cache.load() if cache and backend == "onnx" else None
         if graph is not None and self._use_graph(graph):
             # No sentence-transformers import, no export, no check: 5 of the 9 s a cold start takes here.
-            log.info("ONNX graph from the cache: %s", cache.path(content) if cache and content else "")
+            log.info("ONNX graph from the cache: %s", cache.path if cache else "")
             dim, max_len = graph.dimension, graph.max_seq_length
         else:
-            dim, max_len, backend = self._load_model(name, device, backend, cache, content)
+            dim, max_len, backend = self._load_model(name, device, backend, cache)
         model_id = "sentence-transformers/all-MiniLM-L6-v2" if not s.model else name
         self.info = ModelInfo(
             model=model_id,
@@ -146,12 +146,13 @@ class Embedder:
         )  # fmt: skip
         return self.info
 
+    def _onnx(self, graph: Graph) -> Callable[[], OnnxEncoder]:
+        """How each lane builds its own ONNX Runtime session on `graph`."""
+        return lambda: OnnxEncoder(graph, normalize=self.settings.normalize, threads=self.threads)
+
     def _use_graph(self, graph: Graph) -> bool:
-        """Serve from `graph` (both lanes); False when ONNX Runtime will not take it."""
-
-        def build() -> OnnxEncoder:
-            return OnnxEncoder(graph, normalize=self.settings.normalize, threads=self.threads)
-
+        """Serve from a cached `graph` (both lanes); False when ONNX Runtime will not take it."""
+        build = self._onnx(graph)
         try:
             self.encoder = build()
         except Exception as exc:  # onnxruntime raises its own types for a graph it cannot parse
@@ -160,9 +161,7 @@ class Embedder:
         self._build_bulk = build
         return True
 
-    def _load_model(
-        self, name: str, device: str, backend: str, cache: GraphCache | None, content: str | None
-    ) -> tuple[int, int, str]:
+    def _load_model(self, name: str, device: str, backend: str, cache: GraphCache | None) -> tuple[int, int, str]:
         """sentence-transformers' model; with the onnx backend also its graph, exported, checked and cached.
         Returns the dimension, max_seq_length and the backend that runs (auto falls back to torch)."""
         import transformers
@@ -180,7 +179,8 @@ class Embedder:
         if backend == "onnx":
             try:
                 graph = export_onnx(model)
-                candidate = OnnxEncoder(graph, normalize=s.normalize, threads=self.threads)
+                build = self._onnx(graph)
+                candidate = build()
                 diff = check(candidate, reference)
             except (BackendMismatch, RuntimeError, ValueError) as exc:
                 if s.backend == "onnx":
@@ -188,12 +188,9 @@ class Embedder:
                 log.warning("ONNX backend unavailable for %s, running torch instead: %s", name, exc)
                 return int(dim), int(max_len), "torch"
             log.info("ONNX graph matches the model to %.1e over %d probe texts", diff, len(PROBES))
-            self.encoder, self._build_bulk = (
-                candidate,
-                lambda: OnnxEncoder(graph, normalize=s.normalize, threads=self.threads),
-            )
-            if cache and content:
-                cache.save(content, graph)
+            self.encoder, self._build_bulk = candidate, build
+            if cache:
+                cache.save(graph)
         return int(dim), int(max_len), backend
 
     def _set_threads(self, torch: Any) -> None:

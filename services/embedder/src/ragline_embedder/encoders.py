@@ -146,44 +146,41 @@ def export_onnx(model: Any) -> Graph:
 
 
 class GraphCache:
-    """Checked ONNX graphs on disk, so that a restarted container skips loading sentence-transformers, the export
-    and its check (~5 s of a ~9 s start on 2 cores): ONNX Runtime and the model's tokenizer are all it needs.
+    """One model's checked ONNX graph on disk, so that a restarted container skips loading sentence-transformers,
+    the export and its check (~5 s of a ~9 s start on 2 cores): ONNX Runtime and the model's tokenizer are all
+    it needs.
 
-    An entry is named after everything that shaped it: a content hash of the model's weights and config and the
-    versions of the libraries that traced and wrote it. Nothing on disk is trusted beyond that name: an entry
+    The entry is named after everything that shaped it: `content`, a hash of the model's weights and config, and
+    the versions of the libraries that traced and wrote it. Nothing on disk is trusted beyond that name: an entry
     that will not load is exported again. Errors writing are logged, never raised (a full or read-only disk only
     means exporting at the next start too).
     """
 
     LIBRARIES = ("torch", "transformers", "sentence-transformers", "onnx")
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def path(self, content: str) -> Path:
+    def __init__(self, folder: Path, content: str) -> None:
         shaped_by = [content, *(f"{lib}=={version(lib)}" for lib in self.LIBRARIES), "opset=17"]
-        return self.folder / f"embedder-{hashlib.sha256(' '.join(shaped_by).encode()).hexdigest()[:24]}"
+        self.folder = folder
+        self.path = folder / f"embedder-{hashlib.sha256(' '.join(shaped_by).encode()).hexdigest()[:24]}"
 
-    def load(self, content: str) -> Graph | None:
+    def load(self) -> Graph | None:
         from transformers import AutoTokenizer
 
-        path = self.path(content)
         try:
-            meta = json.loads((path / "graph.json").read_text())
+            meta = json.loads((self.path / "graph.json").read_text())
             return Graph(
-                onnx=(path / "model.onnx").read_bytes(),
+                onnx=(self.path / "model.onnx").read_bytes(),
                 inputs=list(meta["inputs"]),
                 # Our own cache folder, never the hub (local_files_only), so there is no revision to pin.
-                tokenizer=AutoTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True),  # nosec B615
+                tokenizer=AutoTokenizer.from_pretrained(str(self.path / "tokenizer"), local_files_only=True),  # nosec B615
                 dimension=int(meta["dimension"]),
                 max_seq_length=int(meta["max_seq_length"]),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def save(self, content: str, graph: Graph) -> None:
-        path = self.path(content)
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
+    def save(self, graph: Graph) -> None:
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
@@ -191,8 +188,8 @@ class GraphCache:
             graph.tokenizer.save_pretrained(str(partial / "tokenizer"))
             meta = {"inputs": graph.inputs, "dimension": graph.dimension, "max_seq_length": graph.max_seq_length}
             (partial / "graph.json").write_text(json.dumps(meta))
-            shutil.rmtree(path, ignore_errors=True)  # an unusable entry of the same name
-            os.replace(partial, path)  # a reader sees no entry or a whole one
+            shutil.rmtree(self.path, ignore_errors=True)  # an unusable entry of the same name
+            os.replace(partial, self.path)  # a reader sees no entry or a whole one
         except OSError as exc:
             shutil.rmtree(partial, ignore_errors=True)
             log.warning("could not cache the ONNX graph in %s: %s", self.folder, exc)

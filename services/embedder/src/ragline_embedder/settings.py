@@ -31,9 +31,10 @@ class EmbedderSettings(ServiceSettings):
     )
     cache_dir: str = Field(
         "",
-        description="Directory for the exported ONNX graph (onnx backend), one file per model revision and library "
-        "versions: a restarted container skips the export and its check (~3 s on 2 cores). In Kubernetes an "
-        "emptyDir (it outlives container restarts in the pod). Empty = export at every start.",
+        description="Directory for the exported ONNX graph (onnx backend), one folder per model content and library "
+        "versions: a restarted container skips loading sentence-transformers, the export and its check (ready in "
+        "about 4.6 s instead of 10.5 s on 2 cores). In Kubernetes an emptyDir (it outlives container restarts in "
+        "the pod). Empty = export at every start.",
     )
     normalize: bool = Field(True, description="L2-normalise vectors (cosine = dot product).")
     max_batch_size: int = Field(
