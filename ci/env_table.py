@@ -1,4 +1,7 @@
-"""Print (or check) the README's table of every environment variable, generated from the settings classes."""
+"""Write (or check) every table of environment variables, generated from the settings classes.
+
+One table per service README (that service's variables) and one of every variable in docs/configuration.md.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 from pydantic_settings import BaseSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+CONFIGURATION = ROOT / "docs" / "configuration.md"
 START, END = "<!-- env-table:start -->", "<!-- env-table:end -->"
 
 SETTINGS = [
@@ -39,28 +42,61 @@ def env_vars(cls: type[BaseSettings]) -> dict[str, tuple[str, str, str]]:
     return out
 
 
-def table() -> str:
-    lines = ["| service | variable | default | meaning |", "|---|---|---|---|"]
-    for svc, cls in settings_classes():
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def table(services: list[str] | None = None) -> str:
+    """Every variable of the given services (all when None); the service column only when there are several."""
+    chosen = [(svc, cls) for svc, cls in settings_classes() if services is None or svc in services]
+    several = len(chosen) > 1
+    lines = (
+        ["| service | variable | default | meaning |", "|---|---|---|---|"]
+        if several
+        else [
+            "| variable | default | meaning |",
+            "|---|---|---|",
+        ]
+    )
+    for svc, cls in chosen:
         for var, (default, _, desc) in env_vars(cls).items():
-            desc, default = desc.replace("|", "\\|"), default.replace("|", "\\|")
-            lines.append(f"| {svc} | `{var}` | {default} | {desc} |")
+            row = f"| `{var}` | {_cell(default)} | {_cell(desc)} |"
+            lines.append(f"| {svc} {row}" if several else row)
     return "\n".join(lines)
+
+
+def targets() -> dict[Path, str]:
+    """Each generated document → the table it must hold between the markers."""
+    out = {CONFIGURATION: table()}
+    for svc, _, _ in SETTINGS[1:]:
+        out[ROOT / "services" / svc / "README.md"] = table([svc])
+    return out
+
+
+def rewrite(text: str, fresh_table: str, path: Path) -> str:
+    if START not in text or END not in text:
+        raise SystemExit(f"{path.relative_to(ROOT)} has no {START} … {END} markers for its settings table")
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    return f"{head}{START}\n{fresh_table}\n{END}{tail}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite the table in README.md")
+    parser.add_argument("--write", action="store_true", help="rewrite the tables in place")
     args = parser.parse_args()
-    text = README.read_text()
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    fresh = f"{head}{START}\n{table()}\n{END}{tail}"
-    if args.write:
-        README.write_text(fresh)
-        return 0
-    if fresh != text:
-        print("README.md's environment table is stale: run `python ci/env_table.py --write`", file=sys.stderr)
+    stale = []
+    for path, fresh_table in targets().items():
+        text = path.read_text()
+        fresh = rewrite(text, fresh_table, path)
+        if fresh == text:
+            continue
+        if args.write:
+            path.write_text(fresh)
+        else:
+            stale.append(str(path.relative_to(ROOT)))
+    if stale:
+        print(f"stale settings tables in {', '.join(stale)}: run `python ci/env_table.py --write`", file=sys.stderr)
         return 1
     return 0
 
