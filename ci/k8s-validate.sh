@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Validate k8s/: every overlay renders, validates strictly (Kubernetes 1.30 + newest schemas, CRD schemas),
+# Validate k8s/: every overlay and cluster add-on renders, validates strictly (Kubernetes 1.30 + newest schemas, CRD schemas),
 # passes checkov, and meets the project's policies. Installs checkov into its own venv when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +23,8 @@ if [[ ! -x "$CHECKOV_VENV/bin/checkov" ]]; then
 fi
 "$CHECKOV_VENV/bin/checkov" --version
 
-for overlay in k8s/overlays/*/; do
-  printf 'k8s-validate: %s renders %s objects\n' "$overlay" "$(kubectl kustomize "$overlay" | grep -c '^kind:')"
+for folder in k8s/overlays/*/ k8s/cluster/*/; do
+  printf 'k8s-validate: %s renders %s objects\n' "$folder" "$(kubectl kustomize "$folder" | grep -c '^kind:')"
 done
 
 exec "$PYTHON" -m pytest tests/k8s -m k8s -q "$@"

@@ -15,6 +15,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = ("dev", "staging", "prod")
+# Cluster add-ons: applied once per cluster, beside any number of overlays (k8s/README.md).
+CLUSTER_ADDONS = ("prometheus-adapter",)
 SERVICES = ("api", "embedder", "retriever", "generator")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 
@@ -45,6 +47,11 @@ def _render_text(folder: str) -> str:
 def render_text(overlay: str) -> str:
     """The YAML stream of `kubectl kustomize k8s/overlays/<overlay>` ("base" renders k8s/base)."""
     return _render_text("base" if overlay == "base" else f"overlays/{overlay}")
+
+
+def render_addon(addon: str) -> list[Obj]:
+    """Every object of `kubectl kustomize k8s/cluster/<addon>`."""
+    return copy.deepcopy(_parse(_render_text(f"cluster/{addon}")))
 
 
 def render(overlay: str) -> list[Obj]:
