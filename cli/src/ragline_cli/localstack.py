@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from ragline_cli.supervisor import CrashLoop, Supervisor
+
 # The local stack runs the services, so they (and ragline-common) are installed wherever it is used.
 from ragline_common.runtime import RUNTIME_ENV
 
@@ -194,6 +196,11 @@ class Stack:
             if name in self.procs:
                 self.stop(name)
 
+    def exit_code(self, name: str) -> int | None:
+        """The exit status of `name`'s process once it has ended; None while it runs (or before it started)."""
+        popen = self.procs[name].popen if name in self.procs else None
+        return None if popen is None else popen.poll()
+
     def pids(self) -> dict[str, int]:
         """PIDs of the processes that are running now, by key."""
         return {n: p.popen.pid for n, p in self.procs.items() if p.popen is not None and p.popen.poll() is None}
@@ -214,7 +221,30 @@ def running_stack(data_dir: Path, **kwargs: object) -> Iterator[Stack]:
         stack.stop_all()
 
 
+def _not_ready(stack: Stack, names: tuple[str, ...]) -> dict[str, object]:
+    """Each of `names` that does not answer /readyz 200 now, with the reason it gives."""
+    out: dict[str, object] = {}
+    with httpx.Client(timeout=2.0) as client:
+        for name in names:
+            try:
+                reply = client.get(stack.procs[name].url + "/readyz")
+            except httpx.HTTPError as exc:
+                out[name] = type(exc).__name__
+                continue
+            if reply.status_code != 200:
+                try:
+                    out[name] = reply.json().get("reasons", reply.status_code)
+                except ValueError:
+                    out[name] = reply.status_code
+    return out
+
+
+def _say(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
+
+
 def up(args: argparse.Namespace) -> int:
+    """Start the four services, print the banner once all are ready, restart any that exits until Ctrl-C."""
     stack = Stack(data_dir=Path(args.data_dir).resolve())
     for name, (http, grpc) in DEFAULT_PORTS.items():
         p = name.upper() + "_"
@@ -229,34 +259,46 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     started = time.monotonic()
     print(f"starting embedder, retriever, generator, api (logs in {stack.data_dir / 'logs'}) …", flush=True)
+    stack.start_all()
+    supervisor = Supervisor(stack, SERVICES, say=_say)
+    code = 0
+    banner = False
+    next_check = 0.0
     try:
-        stack.start_all()
-        stack.wait_ready()
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"ragline did not start: {exc}", file=sys.stderr)
-        stack.stop_all()
-        return 1
+        while not stop:
+            supervisor.poll()
+            now = time.monotonic()
+            if not banner and now >= next_check:
+                next_check = now + 0.5
+                # The banner waits for all four (the api's own readiness does not follow its peers).
+                pending = _not_ready(stack, SERVICES)
+                if not pending:
+                    banner = True
+                    _banner(stack, now - started)
+                elif now - started > args.start_timeout:
+                    print(f"ragline did not start within {args.start_timeout:.0f}s: {pending}", file=sys.stderr)
+                    code = 1
+                    break
+            time.sleep(0.1)
+    except CrashLoop as exc:
+        print(f"ragline: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    print("stopping …", flush=True)
+    stack.stop_all()
+    print("stopped.", flush=True)
+    return code
+
+
+def _banner(stack: Stack, seconds: float) -> None:
     print(
-        f"\nragline is up in {time.monotonic() - started:.0f}s: {stack.api_url}\n"
+        f"\nragline is up in {seconds:.0f}s: {stack.api_url}\n"
         "  auth is OFF: the api listens on 127.0.0.1 only (compose and Kubernetes turn it on)\n"
         "  try: ragline ingest tests/e2e/corpus && ragline ask 'What is a dpkg trigger?'\n"
         f"       curl -s {stack.api_url}/v1/query -H 'content-type: application/json' "
         '-d \'{"question": "What is a dpkg trigger?"}\'\n'
-        "  Ctrl-C stops all four services.",
+        "  a service that exits is restarted (backoff 1 s doubling to 30 s); Ctrl-C stops all four.",
         flush=True,
     )
-    while not stop:
-        for name, proc in stack.procs.items():
-            if proc.popen and proc.popen.poll() is not None:
-                print(
-                    f"{name} exited ({proc.popen.returncode}); stopping the stack:\n{stack.tail(name)}", file=sys.stderr
-                )
-                stop = True
-        time.sleep(0.5)
-    print("stopping …", flush=True)
-    stack.stop_all()
-    print("stopped.", flush=True)
-    return 0
 
 
 def main() -> None:
@@ -264,6 +306,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start the four services on loopback and wait for Ctrl-C")
     p_up.add_argument("--data-dir", default=os.environ.get("RAGLINE_DATA_DIR", "var"), help="state and logs")
+    p_up.add_argument("--start-timeout", type=float, default=240.0, help="seconds for all four to become ready")
     args = parser.parse_args()
     raise SystemExit(up(args))
 
