@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 from typing import Any
 
+import grpc
+import httpx
 from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
+from qdrant_client.common.version_check import is_compatible
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from ragline_common.errors import Unavailable
+from ragline_common.errors import InvalidInput, NotFound, Overloaded, RaglineError, TooLarge, Unavailable
 from ragline_retriever.store import (
     CHUNK_INDEX,
     DENSE,
@@ -22,6 +29,48 @@ from ragline_retriever.store import (
 )
 
 _SCROLL_PAGE = 256
+logger = logging.getLogger(__name__)
+
+# What the server says about a request decides whether retrying it can help: the caller's own mistakes
+# (bad filter, wrong type) are not retried; everything else (auth, internal, unknown) is the store's fault.
+_BY_GRPC_CODE: dict[grpc.StatusCode, type[RaglineError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.FAILED_PRECONDITION: InvalidInput,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidInput,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+}
+_BY_HTTP_STATUS: dict[int, type[RaglineError]] = {
+    400: InvalidInput,
+    404: NotFound,
+    409: InvalidInput,
+    413: TooLarge,
+    422: InvalidInput,
+    429: Overloaded,
+}
+
+
+def store_error(exc: BaseException) -> RaglineError | None:
+    """The ragline error a qdrant-client failure stands for; None when it is not a store failure at all."""
+    if isinstance(exc, ResourceExhaustedResponse):
+        return Overloaded(f"Qdrant is overloaded: {exc}"[:300], retry_after=float(exc.retry_after_s))
+    if isinstance(exc, grpc.aio.AioRpcError):
+        code, details = exc.code(), exc.details() or ""
+        cls = _BY_GRPC_CODE.get(code)
+        if cls is None:  # UNAVAILABLE, DEADLINE_EXCEEDED, UNAUTHENTICATED, INTERNAL…: retry later or fix the store
+            return Unavailable(f"Qdrant call failed: {code.name}: {details}"[:300])
+        return cls(f"Qdrant refused the request: {code.name}: {details}"[:300])
+    if isinstance(exc, UnexpectedResponse):
+        status = exc.status_code or 0
+        text = exc.content.decode(errors="replace")
+        cls = _BY_HTTP_STATUS.get(status, Unavailable)
+        return cls(f"Qdrant answered HTTP {status}: {text}"[:300])
+    if isinstance(exc, ResponseHandlingException):
+        source = exc.source  # the transport error (httpx.ConnectError, a timeout) or a body it could not parse
+        return Unavailable(f"Qdrant is unavailable: {type(source).__name__}: {source}"[:300])
+    if isinstance(exc, httpx.HTTPError | OSError | TimeoutError):
+        return Unavailable(f"Qdrant is unavailable: {type(exc).__name__}: {exc}"[:300])
+    return None
 
 
 def to_filter(conditions: list[Condition], doc_id: str | None = None, from_index: int = 0) -> models.Filter | None:
@@ -56,23 +105,43 @@ class ClientStore:
         self.collection = collection
         self.engine = "qdrant-server" if url else "qdrant-client-local"
         self.sidecar = sidecar
+        self.server_version = ""
         if url:
-            self.client = AsyncQdrantClient(url=url, api_key=api_key, prefer_grpc=True, timeout=timeout)
+            # The client's own version check is a blocking REST GET in a thread that only warns; open() asks over
+            # the gRPC channel every other call uses, within the same timeout, and logs the verdict.
+            self.client = AsyncQdrantClient(
+                url=url, api_key=api_key, prefer_grpc=True, timeout=timeout, check_compatibility=False
+            )
         else:
             self.client = AsyncQdrantClient(path=path)
 
     async def _call(self, coro: Any) -> Any:
         try:
             return await coro
-        except (OSError, TimeoutError) as exc:
-            raise Unavailable(f"Qdrant is unavailable: {exc}") from None
         except Exception as exc:
-            # qdrant-client raises transport errors as its own types (gRPC AioRpcError, httpx errors).
-            if type(exc).__module__.startswith(("grpc", "httpx", "qdrant_client.http.exceptions")):
-                raise Unavailable(f"Qdrant call failed: {type(exc).__name__}: {exc}"[:300]) from None
-            raise
+            err = store_error(exc)
+            if err is None:
+                raise
+            raise err from None
+
+    async def check_version(self) -> bool:
+        """Ask the server its version; False (and a warning) when qdrant-client does not promise to speak it."""
+        info = await self._call(self.client.info())
+        self.server_version = str(info.version)
+        client_version = importlib.metadata.version("qdrant-client")
+        if is_compatible(client_version, self.server_version):
+            return True
+        logger.warning(
+            "qdrant-client %s is incompatible with Qdrant server %s: the major versions must match and the minor "
+            "versions differ by at most 1; pin the server image to a release next to the client",
+            client_version,
+            self.server_version or "(no version reported)",
+        )
+        return False
 
     async def open(self) -> CollectionMeta | None:
+        if self.engine == "qdrant-server" and not self.server_version:
+            await self.check_version()
         if not await self._call(self.client.collection_exists(self.collection)):
             return None
         if self.sidecar is not None:
