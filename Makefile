@@ -11,10 +11,19 @@ PYTEST_ARGS ?=
 # that would break the project's own tests.
 CHECKOV_VERSION ?= 3.3.30
 CHECKOV := .venv-checkov/bin/checkov
+# promtool (alert unit tests, tests/monitoring) and prometheus (the e2e scrape test): Debian's package, 2.42.
+PROMTOOL := /usr/bin/promtool
 
 .PHONY: install up test test-fast lint proto proto-check bench soak constraints clean
 
-install: $(STAMP) $(CHECKOV)
+install: $(STAMP) $(CHECKOV) $(PROMTOOL)
+
+$(PROMTOOL):
+	@test "$$(id -u)" = 0 || { echo "promtool is missing: install Debian's prometheus package as root (apt-get install prometheus)" >&2; exit 1; }
+	@# The package would start a Prometheus on :9090; invoke-rc.d starts nothing while policy-rc.d answers 101.
+	@if [ -e /usr/sbin/policy-rc.d ]; then guard=; else guard=1; printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
+	trap '[ -z "$$guard" ] || rm -f /usr/sbin/policy-rc.d' EXIT; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
 
 $(CHECKOV):
 	$(PYTHON) -m venv .venv-checkov
