@@ -26,6 +26,7 @@ class Readiness:
         self._names = ["", *grpc_service_names]
         self._conditions: dict[str, str | None] = {}
         self.draining = False
+        self.fatal: str | None = None  # set once by fail(): the process is alive no more
 
     def require(self, name: str, reason: str = "starting") -> None:
         self._conditions[name] = reason
@@ -42,12 +43,30 @@ class Readiness:
         if self.ready != before:
             await self._publish()
 
+    async def fail(self, reason: str) -> None:
+        """A condition that will not heal (e.g. the engine died): not ready, and not live, from now on.
+
+        /healthz then answers 503, so the orchestrator restarts the process instead of leaving it idle."""
+        if self.fatal is not None:
+            return
+        before = self.ready
+        self.fatal = reason
+        log.error("not live: %s", reason)
+        if before:
+            await self._publish()
+
+    @property
+    def alive(self) -> bool:
+        return self.fatal is None
+
     @property
     def ready(self) -> bool:
-        return not self.draining and all(v is None for v in self._conditions.values())
+        return self.alive and not self.draining and all(v is None for v in self._conditions.values())
 
     def reasons(self) -> dict[str, str]:
         out = {k: v for k, v in self._conditions.items() if v is not None}
+        if self.fatal is not None:
+            out["fatal"] = self.fatal
         if self.draining:
             out["server"] = "draining"
         return out

@@ -140,8 +140,10 @@ def create_app(
         return JSONResponse(error_body(message, "internal_error", 500), 500)
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "alive"}
+    async def healthz() -> JSONResponse:
+        if readiness.alive:
+            return JSONResponse({"status": "alive"})
+        return JSONResponse({"status": "dead", "reason": readiness.fatal}, 503)
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
