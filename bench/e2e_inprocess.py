@@ -182,7 +182,7 @@ def build(api: ApiSettings, release: ReleaseSettings) -> Service:
         Middleware(
             EdgeMiddleware,
             keys=None,
-            rate=RateLimiter(api.rate_limit_per_second, api.rate_limit_burst),
+            rate=RateLimiter(api.effective_rate_limit(), api.rate_limit_burst),
             slots=ConcurrencyLimiter(api.max_concurrency, api.max_queue, api.queue_timeout_seconds),
             max_body_bytes=api.max_body_bytes,
             metrics=api_metrics,

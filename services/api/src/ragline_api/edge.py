@@ -1,19 +1,22 @@
-"""Pure ASGI edge middleware for /v1/*: body cap, API key, per-key rate limit, concurrency cap, trace hook."""
+"""Pure ASGI edge middleware for /v1/*: body cap, API key, per-caller rate limit, adaptive admission, trace hook."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import time
+from typing import Protocol
 
 from opentelemetry import trace
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragline_api.auth import KeyChecker
-from ragline_api.limits import ConcurrencyLimiter, QueueFull, QueueTimeout, RateLimiter
+from ragline_api.limits import QueueFull, QueueTimeout, RateLimiter
 from ragline_api.metrics import ApiMetrics
 from ragline_common import tracing
+from ragline_common.admission import AdmissionFull, AdmissionTimeout
 from ragline_common.errors import Overloaded, RaglineError, TooLarge, Unauthenticated
 from ragline_common.http import error_body
 
@@ -29,9 +32,9 @@ def _reason(exc: RaglineError) -> str:
         return "too_large"
     if isinstance(exc, Unauthenticated):
         return "unauthenticated"
-    if isinstance(exc, QueueFull):
+    if isinstance(exc, (QueueFull, AdmissionFull)):
         return "queue_full"
-    if isinstance(exc, QueueTimeout):
+    if isinstance(exc, (QueueTimeout, AdmissionTimeout)):
         return "queue_timeout"
     if isinstance(exc, Overloaded):
         return "rate_limited"
@@ -49,6 +52,14 @@ async def send_error(send: Send, exc: RaglineError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class Slots(Protocol):
+    """Admission: ragline_common.admission.AdmissionController, or a fixed ConcurrencyLimiter."""
+
+    async def acquire(self) -> float: ...
+
+    def release(self, latency: float | None) -> None: ...
+
+
 class EdgeMiddleware:
     def __init__(
         self,
@@ -56,7 +67,7 @@ class EdgeMiddleware:
         *,
         keys: KeyChecker | None,
         rate: RateLimiter,
-        slots: ConcurrencyLimiter,
+        slots: Slots,
         max_body_bytes: int,
         metrics: ApiMetrics,
         release: str = "dev",
@@ -116,10 +127,12 @@ class EdgeMiddleware:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
+        admitted = time.perf_counter()
         try:
             await self.app(scope, capped_receive, send_extra)
         finally:
-            self.slots.release()
+            # The time from admission to the end is what the adaptive limit learns from.
+            self.slots.release(time.perf_counter() - admitted)
 
 
 def _traceparent(incoming: bytes | None) -> str:

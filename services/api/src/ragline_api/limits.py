@@ -1,4 +1,4 @@
-"""Edge limits: per-key token buckets and a concurrency cap with a bounded, time-limited wait queue."""
+"""Edge limits: per-caller token buckets, and a fixed concurrency cap (the adaptive one is in ragline_common)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class RateLimiter:
         if tokens < 1.0:
             self._buckets[caller] = (tokens, now)
             raise Overloaded(
-                f"rate limit of {self.rate:g} requests/s for this API key exceeded",
+                f"rate limit of {self.rate:g} requests/s for this caller exceeded",
                 retry_after=(1.0 - tokens) / self.rate,
             )
         self._buckets[caller] = (tokens - 1.0, now)
@@ -82,7 +82,8 @@ class ConcurrencyLimiter:
             ) from None
         return time.perf_counter() - start
 
-    def release(self) -> None:
+    def release(self, latency: float | None = None) -> None:
+        """Give the slot back (`latency` is accepted for the adaptive controller's interface, and unused)."""
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():

@@ -25,6 +25,12 @@ class ApiMetrics:
             ["downstream"],
             registry=registry,
         )
+        self.admission_limit = Gauge(
+            "ragline_api_admission_limit",
+            "Requests the gateway admits at once now: the adaptive limit, between API_MIN_CONCURRENCY and "
+            "API_MAX_CONCURRENCY.",
+            registry=registry,
+        )
         self.rejected = Counter(
             "ragline_api_rejected_total",
             "Requests refused at the edge or failed fast, by reason "

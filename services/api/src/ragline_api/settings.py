@@ -15,6 +15,7 @@ _PLACEHOLDER_KEYS = {
     "example", "your-api-key", "your_api_key", "replace-me", "replaceme", "xxx", "todo", "dev", "default",
 }  # fmt: skip
 MIN_KEY_LENGTH = 16
+DEFAULT_RATE_LIMIT = 50.0
 
 
 class ApiSettings(ServiceSettings):
@@ -58,10 +59,31 @@ class ApiSettings(ServiceSettings):
     breaker_open_seconds: float = Field(5.0, gt=0, description="How long an open circuit refuses calls before a probe.")
 
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body (413 above).")
-    rate_limit_per_second: float = Field(50.0, ge=0, description="Requests per second per API key; 0 = no limit.")
+    rate_limit_per_second: float | None = Field(
+        None,
+        ge=0,
+        description="Requests per second per API key; 0 = no limit. Unset: 50 with auth on; none with auth off, "
+        "where there is no key to count by and every local caller shares one address.",
+    )
     rate_limit_burst: float = Field(100.0, ge=1, description="Requests a key may make at once before the rate applies.")
-    max_concurrency: int = Field(64, ge=1, description="Requests handled at once; beyond it they wait in a queue.")
-    max_queue: int = Field(128, ge=0, description="Requests allowed to wait for a slot; beyond it 429 at once.")
+    max_concurrency: int = Field(
+        64, ge=1, description="Ceiling of the adaptive limit on requests handled at once (it follows latency below)."
+    )
+    min_concurrency: int = Field(
+        16,
+        ge=1,
+        description="Floor of the adaptive limit: this many run at once whatever latency says. "
+        "Equal to API_MAX_CONCURRENCY: a fixed limit.",
+    )
+    admission_tolerance: float = Field(
+        2.0,
+        ge=1.0,
+        description="The limit shrinks when the median request takes longer than this many times the lowest "
+        "median of the last 30 s; lower = shorter latency under overload, more refusals.",
+    )
+    max_queue: int = Field(
+        128, ge=0, description="Ceiling of the wait line (as long as the current limit, at most this); beyond, 429."
+    )
     queue_timeout_seconds: float = Field(1.0, ge=0, description="Longest wait for a slot before a 503.")
 
     default_k: int = Field(5, ge=1, le=100, description="Passages retrieved when a request gives no k.")
@@ -86,6 +108,12 @@ class ApiSettings(ServiceSettings):
                         "generate one, e.g. `openssl rand -hex 24`"
                     )
         return self
+
+    def effective_rate_limit(self) -> float:
+        """Requests per second per caller: the setting, else 50 per API key with auth and no limit without."""
+        if self.rate_limit_per_second is not None:
+            return self.rate_limit_per_second
+        return DEFAULT_RATE_LIMIT if self.enable_auth else 0.0
 
     def api_keys(self) -> list[str]:
         keys = [k.strip() for k in self.keys.get_secret_value().split(",") if k.strip()]
