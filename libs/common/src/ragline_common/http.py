@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import propagate, trace
@@ -15,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragline_common import context, tracing
-from ragline_common.errors import RaglineError
+from ragline_common.errors import InvalidInput, RaglineError, TooLarge
 from ragline_common.health import Readiness
 from ragline_common.metrics import RequestMetrics
 
@@ -34,7 +36,9 @@ def error_response(exc: RaglineError) -> JSONResponse:
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    return JSONResponse(error_body(exc.message, exc.kind, exc.http_status), exc.http_status, headers=headers)
+    param = getattr(exc, "param", None)
+    code = getattr(exc, "code", None) or exc.http_status
+    return JSONResponse(error_body(exc.message, exc.kind, code, param), exc.http_status, headers=headers)
 
 
 class RequestContextMiddleware:
@@ -98,10 +102,80 @@ class RequestContextMiddleware:
                     )  # fmt: skip
 
 
+class FieldError(InvalidInput):
+    """An InvalidInput that names the request field it is about (the envelope's `param`)."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+# A JSON escape of a UTF-16 surrogate ("\\ud800") or of NUL: the only ways a parsed JSON string can hold text that
+# UTF-8, protobuf or the store cannot keep. A valid surrogate pair passes the scan's second look (the walk).
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
+
+
+def _text_problem(value: str) -> str | None:
+    if "\x00" in value:
+        return "holds a NUL character (\\u0000), which is not accepted in text"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"is not valid Unicode: it holds an unpaired UTF-16 surrogate (U+{ord(value[exc.start]):04X})"
+    return None
+
+
+def find_bad_text(value: Any, path: tuple[str, ...] = ()) -> tuple[str, str] | None:
+    """The first string (key or value) in a parsed JSON document that cannot be kept as UTF-8 text, as
+    (dotted path, what is wrong); None when every string is fine."""
+    if isinstance(value, str):
+        problem = _text_problem(value)
+        return (".".join(path) or "body", problem) if problem else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _text_problem(key)
+            if problem:
+                return ".".join((*path, key.encode("utf-8", "backslashreplace").decode())), f"key {problem}"
+            found = find_bad_text(item, (*path, key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = find_bad_text(item, (*path, str(i)))
+            if found:
+                return found
+    return None
+
+
+async def reject_unencodable_text(request: Request) -> None:
+    """Every route's edge check: a JSON body whose strings hold a lone surrogate or NUL is a 400 naming the
+    field, before any handler encodes it (UTF-8, protobuf) and fails with a 500."""
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return
+    body = await request.body()  # cached: the route's own body parsing reads the same bytes
+    if not _SUSPECT_ESCAPE.search(body):
+        return
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return  # not JSON: the route's own parsing answers it
+    found = find_bad_text(parsed)
+    if found:
+        param, problem = found
+        raise FieldError(f"{param} {problem}", param)
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     parts = []
     param = None
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            # loc is ("body", <character offset>): the offset is not a field.
+            loc = err.get("loc", ())
+            at = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+            reason = (err.get("ctx") or {}).get("error", "JSON decode error")
+            parts.append(f"the body is not valid JSON: {reason}{at}")
+            continue
         loc = [str(p) for p in err.get("loc", ())]
         # Drop only the leading source ("body", "query"…): a field may itself be named "query".
         if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
@@ -115,7 +189,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def create_app(
     *, service: str, version: str, readiness: Readiness, metrics: RequestMetrics, **fastapi_kwargs: Any
 ) -> FastAPI:
-    app = FastAPI(title=f"ragline {service}", version=version, **fastapi_kwargs)
+    dependencies = [Depends(reject_unencodable_text), *fastapi_kwargs.pop("dependencies", [])]
+    app = FastAPI(title=f"ragline {service}", version=version, dependencies=dependencies, **fastapi_kwargs)
     app.state.readiness = readiness
     app.state.metrics = metrics
 
@@ -130,7 +205,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        # One type per status, however the error arose (a 413 from a Content-Length check or a chunked body).
+        kinds = {404: "not_found_error", 413: TooLarge.kind}
+        kind = kinds.get(exc.status_code, "invalid_request_error")
         return JSONResponse(error_body(str(exc.detail), kind, exc.status_code), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
