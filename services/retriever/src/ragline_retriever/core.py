@@ -14,8 +14,10 @@ import qdrant_edge as qe
 from ragline.embedder.v1 import embedder_pb2 as epb
 from ragline_common.errors import InvalidInput, NotFound, Overloaded, RaglineError, TooLarge, Unavailable
 from ragline_common.health import Readiness
+from ragline_common.limits import MAX_METADATA_BYTES, doc_id_problem, k_problem
 from ragline_retriever.chunking import Chunk, Chunker, chunk_id, content_hash
 from ragline_retriever.clients import EmbedderClient
+from ragline_retriever.fencing import IngestFences, Ticket
 from ragline_retriever.metrics import RetrieverMetrics
 from ragline_retriever.settings import RetrieverSettings
 from ragline_retriever.store import (
@@ -37,9 +39,6 @@ log = logging.getLogger(__name__)
 COLLECTION = "collection"  # readiness condition name
 RECHECK_SECONDS = 30.0
 WRITE_BATCH = 256
-MAX_DOC_ID_CHARS = 256
-# Metadata is copied onto every chunk: keep it small.
-MAX_METADATA_BYTES = 16_384
 
 
 @dataclass(frozen=True)
@@ -132,6 +131,7 @@ class Retriever:
         self.meta: CollectionMeta | None = None
         self._ready = False
         self._write_lock = asyncio.Lock()
+        self._fences = IngestFences()
         self._searches = _Permits(settings.max_concurrent_searches, "searches")
         self._upserts = _Permits(settings.max_concurrent_upserts, "upserts")
 
@@ -193,8 +193,9 @@ class Retriever:
             raise InvalidInput("query is empty; give some text to search for")
         if len(query.encode("utf-8", errors="replace")) > s.max_query_bytes:
             raise TooLarge(f"query is over {s.max_query_bytes} bytes")
-        if not 1 <= k <= s.max_k:
-            raise InvalidInput(f"k must be between 1 and {s.max_k}, got {k}")
+        problem = k_problem(k, s.max_k)
+        if problem:
+            raise InvalidInput(problem)
         mode = mode or s.search_mode
         self._check_ready()
         with self._searches:
@@ -243,8 +244,9 @@ class Retriever:
             raise InvalidInput(f"{len(docs)} documents in one upsert; at most {s.max_documents_per_upsert} allowed")
         seen: set[str] = set()
         for i, d in enumerate(docs):
-            if not d.id or len(d.id) > MAX_DOC_ID_CHARS or not d.id.isprintable():
-                raise InvalidInput(f"documents[{i}].id must be 1 to {MAX_DOC_ID_CHARS} printable characters")
+            problem = doc_id_problem(d.id)
+            if problem:
+                raise InvalidInput(f"documents[{i}].{problem}")
             if d.id in seen:
                 raise InvalidInput(f"documents[{i}].id {d.id!r} appears twice in one upsert")
             seen.add(d.id)
@@ -268,21 +270,11 @@ class Retriever:
             for i, plan in enumerate(plans):
                 if not plan.chunks:
                     raise InvalidInput(f"documents[{i}] ({plan.doc.id!r}) has no words to index")
-            firsts = {p.id: p for p in await self.store.retrieve([chunk_id(d.id, 0) for d in docs])}
-            todo: list[_Plan] = []
-            outcomes: dict[str, UpsertOutcome] = {}
-            for plan in plans:
-                old = firsts.get(chunk_id(plan.doc.id, 0))
-                plan.existed = old is not None
-                if old is not None and old.payload.get("content_hash") == plan.hash:
-                    # Same content; the count also catches a crash between writing chunks and trimming the tail.
-                    if await self.store.count(plan.doc.id) == len(plan.chunks):
-                        outcomes[plan.doc.id] = UpsertOutcome(plan.doc.id, "unchanged", len(plan.chunks), plan.hash)
-                        continue
-                todo.append(plan)
-            await self._embed_plans(todo)
-            for plan in todo:
-                outcomes[plan.doc.id] = await self._write(plan)
+            async with self._fences.ingesting([d.id for d in docs]) as tickets:
+                todo, outcomes = await self._compare(plans, tickets)
+                await self._embed_plans(todo)
+                for plan in todo:
+                    outcomes[plan.doc.id] = await self._write(plan, tickets[plan.doc.id])
             if todo:
                 self.metrics.collection_points.set(await self.store.count())
         results = [outcomes[d.id] for d in docs]
@@ -292,6 +284,27 @@ class Retriever:
         if failed and len(failed) == len(docs) and isinstance(failed[0], Unavailable | Overloaded):
             raise failed[0]  # nothing could be done: say so with the status a client retries on
         return results
+
+    async def _compare(
+        self, plans: list[_Plan], tickets: dict[str, Ticket]
+    ) -> tuple[list[_Plan], dict[str, UpsertOutcome]]:
+        """Split the plans into those with new content (to embed and write) and those already stored."""
+        firsts = {p.id: p for p in await self.store.retrieve([chunk_id(p.doc.id, 0) for p in plans])}
+        todo: list[_Plan] = []
+        outcomes: dict[str, UpsertOutcome] = {}
+        for plan in plans:
+            old = firsts.get(chunk_id(plan.doc.id, 0))
+            plan.existed = old is not None
+            if old is not None and old.payload.get("content_hash") == plan.hash:
+                # Same content; the count also catches a crash between writing chunks and trimming the tail.
+                if await self.store.count(plan.doc.id) == len(plan.chunks):
+                    if tickets[plan.doc.id].fenced:
+                        outcomes[plan.doc.id] = _deleted(plan)
+                    else:
+                        outcomes[plan.doc.id] = UpsertOutcome(plan.doc.id, "unchanged", len(plan.chunks), plan.hash)
+                    continue
+            todo.append(plan)
+        return todo, outcomes
 
     def _plan(self, docs: list[DocIn]) -> list[_Plan]:
         sig = self.chunker.signature
@@ -321,10 +334,12 @@ class Retriever:
 
         await asyncio.gather(*(run(i) for i in range(0, len(items), size)))
 
-    async def _write(self, plan: _Plan) -> UpsertOutcome:
+    async def _write(self, plan: _Plan, ticket: Ticket) -> UpsertOutcome:
         doc = plan.doc
         if plan.error is not None:
             return UpsertOutcome(doc.id, "failed", 0, plan.hash, plan.error.message)
+        if ticket.fenced:
+            return _deleted(plan)
         points = []
         for c, vec in zip(plan.chunks, plan.vectors, strict=True):
             sv = self.bm25.embed_document(c.text)
@@ -341,23 +356,34 @@ class Retriever:
             if c.index == 0:
                 payload[DOC_TEXT] = doc.text
             points.append(PointIn(chunk_id(doc.id, c.index), vec, Sparse(list(sv.indices), list(sv.values)), payload))
+        # Chunk 0 last: it carries the text and content hash, so until the whole document is written a Get or a
+        # re-ingest still sees the earlier version (or none) and a crash mid-write is repaired by the next ingest.
+        points = points[1:] + points[:1]
         async with self._write_lock:
+            # Under the lock a DELETE cannot slip in between this check and the write.
+            if ticket.fenced:
+                return _deleted(plan)
             try:
-                for i in range(0, len(points), WRITE_BATCH):
-                    await self.store.upsert(points[i : i + WRITE_BATCH])
-                # Chunks past the new count belonged to a longer earlier version: no orphans.
-                await self.store.delete_doc(doc.id, from_index=len(points))
+                # Shielded: a caller that goes away (deadline, cancel) mid-write must not leave half a document.
+                await asyncio.shield(self._write_points(doc.id, points))
             except RaglineError as exc:
                 return UpsertOutcome(doc.id, "failed", 0, plan.hash, exc.message)
         self.metrics.ingest_chunks.inc(len(points))
         return UpsertOutcome(doc.id, "updated" if plan.existed else "created", len(points), plan.hash)
+
+    async def _write_points(self, doc_id: str, points: list[PointIn]) -> None:
+        for i in range(0, len(points), WRITE_BATCH):
+            await self.store.upsert(points[i : i + WRITE_BATCH])
+        # Chunks past the new count belonged to a longer earlier version: no orphans.
+        await self.store.delete_doc(doc_id, from_index=len(points))
 
     # ---- documents -------------------------------------------------------------------------------------------
 
     async def get(self, doc_id: str) -> StoredDoc:
         self._check_ready()
         points = sorted(await self.store.scroll_doc(doc_id), key=lambda p: int(p.payload.get(CHUNK_INDEX, 0)))
-        if not points:
+        # No chunk 0: a first write that never finished (chunk 0 is written last), not a document.
+        if not points or int(points[0].payload.get(CHUNK_INDEX, -1)) != 0:
             raise NotFound(f"document {doc_id!r} not found")
         first = points[0].payload
         return StoredDoc(
@@ -365,12 +391,18 @@ class Retriever:
         )
 
     async def delete(self, doc_id: str) -> int:
+        """Delete wins: every ingest of `doc_id` received before this call is fenced and writes nothing, so a
+        document deleted while its ingest is still running never comes back (see the README)."""
         self._check_ready()
         async with self._write_lock:
+            fenced = self._fences.fence(doc_id)
             n = await self.store.count(doc_id)
-            if n == 0:
+            if n == 0 and not fenced:
                 raise NotFound(f"document {doc_id!r} not found")
-            await self.store.delete_doc(doc_id)
+            if n:
+                await self.store.delete_doc(doc_id)
+        if fenced:
+            log.info("delete of %r fenced %d ingest(s) in flight", doc_id, fenced)
         self.metrics.deleted_chunks.inc(n)
         self.metrics.collection_points.set(await self.store.count())
         return n
@@ -386,3 +418,9 @@ class Retriever:
             "dimension": meta.dimension if meta else 0,
             "default_mode": self.settings.search_mode,
         }
+
+
+def _deleted(plan: _Plan) -> UpsertOutcome:
+    return UpsertOutcome(
+        plan.doc.id, "failed", 0, plan.hash, f"document {plan.doc.id!r} was deleted while being ingested; nothing kept"
+    )

@@ -7,18 +7,20 @@ from datetime import datetime
 from typing import Any
 
 from ragline_common.errors import InvalidInput
+from ragline_common.limits import MAX_ANY_OF, MAX_FILTER_CONDITIONS
 from ragline_retriever.store import METADATA, Condition
 
 KINDS = ("equals", "any_of", "range", "date_range")
 BOUNDS = ("gt", "gte", "lt", "lte")
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,4}$")
-MAX_CONDITIONS = 32
-MAX_ANY_OF = 1024
+MAX_CONDITIONS = MAX_FILTER_CONDITIONS
+# Struct and JSON numbers are doubles: integers beyond this cannot be told apart from their neighbours.
+EXACT_INT = 2**53
 
 
 def normalize_number(value: Any) -> Any:
     """JSON/Struct numbers arrive as floats; whole ones become ints so that equality on ints matches."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= EXACT_INT:
         return int(value)
     if isinstance(value, dict):
         return {k: normalize_number(v) for k, v in value.items()}
@@ -29,8 +31,12 @@ def normalize_number(value: Any) -> Any:
 
 def _scalar(value: Any, where: str) -> str | int | bool:
     value = normalize_number(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > EXACT_INT:
+        raise InvalidInput(f"{where}: integer {value} is outside ±2^53, the range compared exactly")
     if isinstance(value, bool | str | int):
         return value
+    if isinstance(value, float) and value.is_integer():
+        raise InvalidInput(f"{where}: integer {value:.0f} is outside ±2^53, the range compared exactly")
     if isinstance(value, float):
         raise InvalidInput(f"{where}: equality on a fractional number ({value}) is not supported; use a range")
     raise InvalidInput(f"{where}: expected a string, integer or boolean, got {type(value).__name__}")

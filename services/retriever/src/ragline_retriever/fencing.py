@@ -1,0 +1,61 @@
+"""Delete wins over ingest: per-id tickets that a DELETE fences, and one ingest of an id at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One ingest of one id in flight; a DELETE of that id fences it so that it never writes."""
+
+    fenced: bool = False
+
+
+class _Slot:
+    """Per id: the lock that runs its ingests one at a time, and the tickets of those in flight."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.tickets: set[Ticket] = set()
+
+
+class IngestFences:
+    """In-process state only: an ingest lives and dies with the process that runs it, so a restart leaves no
+    ingest to fence (and the store never holds a document whose chunk 0, written last, is missing)."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, _Slot] = {}
+
+    @contextlib.asynccontextmanager
+    async def ingesting(self, ids: list[str]) -> AsyncIterator[dict[str, Ticket]]:
+        """Register a ticket per id at once (a DELETE from now on fences this ingest), then take each id's lock
+        in sorted order (two multi-document upserts cannot deadlock). Ingests of one id run serially, so that
+        concurrent identical ingests give one `created` and then `unchanged`."""
+        tickets = {i: Ticket() for i in ids}
+        slots = {i: self._slots.setdefault(i, _Slot()) for i in ids}
+        for i, slot in slots.items():
+            slot.tickets.add(tickets[i])
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for i in sorted(ids):
+                    await stack.enter_async_context(slots[i].lock)
+                yield tickets
+        finally:
+            for i, slot in slots.items():
+                slot.tickets.discard(tickets[i])
+                # Every waiter on the lock holds a ticket: no tickets means nobody needs this slot.
+                if not slot.tickets:
+                    self._slots.pop(i, None)
+
+    def fence(self, doc_id: str) -> int:
+        """Fence every ingest of `doc_id` in flight; how many there were. Call it under the store's write lock,
+        which an ingest also holds while it checks its ticket and writes."""
+        slot = self._slots.get(doc_id)
+        fresh = [t for t in slot.tickets if not t.fenced] if slot else []
+        for ticket in fresh:
+            ticket.fenced = True
+        return len(fresh)
