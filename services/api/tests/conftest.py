@@ -120,6 +120,8 @@ class FakeGenerator:
         self.last: gpb.GenerateRequest | None = None
         self.token_delay = 0.0
         self.stream_closed_early = asyncio.Event()
+        self.fail_after_tokens: int | None = None  # abort the stream (INTERNAL) after this many tokens
+        self.max_tokens_cap = 0  # 0: Info reports no cap
 
     def _answer(self, request: gpb.GenerateRequest) -> str:
         question = request.messages[-1].content if request.messages else request.prompt
@@ -145,6 +147,8 @@ class FakeGenerator:
         words = self._answer(request).split(" ")
         try:
             for i, w in enumerate(words):
+                if i == self.fail_after_tokens:
+                    await context.abort(grpc.StatusCode.INTERNAL, "fake crash mid-stream")
                 await asyncio.sleep(self.token_delay)
                 yield gpb.GenerateChunk(delta=w if i == 0 else " " + w)
         except (asyncio.CancelledError, GeneratorExit):
@@ -161,7 +165,9 @@ class FakeGenerator:
 
     async def Info(self, request: gpb.InfoRequest, context: Any) -> gpb.InfoResponse:
         await self.fault("Info")
-        return gpb.InfoResponse(engine="fake", model="fake-llm", revision="r1", prompt_version="rag-v1")
+        return gpb.InfoResponse(
+            engine="fake", model="fake-llm", revision="r1", prompt_version="rag-v1", max_tokens_cap=self.max_tokens_cap
+        )
 
 
 class FakeEmbedder:

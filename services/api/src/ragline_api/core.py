@@ -18,7 +18,9 @@ from ragline_api import __version__
 from ragline_api.clients import Downstreams
 from ragline_api.settings import ApiSettings
 from ragline_common import context
-from ragline_common.errors import RaglineError
+from ragline_common.errors import RaglineError, Unavailable
+from ragline_common.http import FieldError
+from ragline_common.limits import max_tokens_problem
 from ragline_common.settings import ReleaseSettings
 
 _MODES = {None: rpb.SEARCH_MODE_UNSPECIFIED, "dense": rpb.SEARCH_MODE_DENSE, "hybrid": rpb.SEARCH_MODE_HYBRID}
@@ -31,6 +33,9 @@ UPSERT_STATUS = {
 }
 
 log = logging.getLogger(__name__)
+
+# Embed calls in flight for one /v1/embeddings request that needs several (the embedder batches across them).
+EMBED_CONCURRENCY = 4
 
 
 def filter_to_proto(filters: dict[str, Any] | None) -> rpb.Filter | None:
@@ -124,6 +129,9 @@ class QueryPipeline:
         self._info: dict[str, Any] | None = None
         self._info_at = 0.0
         self._info_lock = asyncio.Lock()
+        self.started = int(time.time())
+        self._per_call: int | None = None
+        self._per_call_at = 0.0
 
     def begin(self, *, stream: bool = False) -> None:
         """Start this request's clock: every downstream call gets the time that is left."""
@@ -162,6 +170,10 @@ class QueryPipeline:
         )
         citations = [{"index": i + 1, **hit} for i, hit in enumerate(result.hits)]
         return Prepared(self.generate_request(messages, result.hits, params), citations, result.times)
+
+    def prepare_prompt(self, prompt: str, params: dict[str, Any]) -> Prepared:
+        """A raw prompt for the generator's own model: no retrieval, no template, the text as given."""
+        return Prepared(gpb.GenerateRequest(prompt=prompt, params=sampling(params)), [], StageTimes())
 
     def generate_request(
         self, messages: list[tuple[str, str]], hits: list[dict[str, Any]], params: dict[str, Any]
@@ -252,7 +264,50 @@ class QueryPipeline:
 
     # Embeddings --------------------------------------------------------------------------------------------------
     async def embed(self, texts: list[str]) -> epb.EmbedResponse:
-        return await self.ds.embedder.call("Embed", epb.EmbedRequest(texts=texts))
+        """Embed any number of texts: split into the embedder's max_texts_per_request, a few calls at a time."""
+        per_call = await self._embed_per_call()
+        if len(texts) <= per_call:
+            return await self.ds.embedder.call("Embed", epb.EmbedRequest(texts=texts))
+        gate = asyncio.Semaphore(EMBED_CONCURRENCY)
+
+        async def one(start: int) -> epb.EmbedResponse:
+            async with gate:
+                reply: epb.EmbedResponse = await self.ds.embedder.call(
+                    "Embed", epb.EmbedRequest(texts=texts[start : start + per_call])
+                )
+                return reply
+
+        replies = await asyncio.gather(*(one(i) for i in range(0, len(texts), per_call)))
+        out = epb.EmbedResponse(model=replies[0].model)
+        for reply in replies:
+            out.embeddings.extend(reply.embeddings)
+            out.prompt_tokens += reply.prompt_tokens
+        return out
+
+    async def _embed_per_call(self) -> int:
+        """The embedder's max_texts_per_request, from its Info (asked once an info period, not per request)."""
+        now = time.monotonic()
+        if self._per_call is None or now - self._per_call_at > self.settings.info_cache_seconds:
+            reply = await self.ds.embedder.call("Info", epb.InfoRequest())
+            self._per_call, self._per_call_at = int(reply.max_texts_per_request) or 64, now
+        return self._per_call
+
+    # Models ------------------------------------------------------------------------------------------------------
+    async def generator_info(self) -> dict[str, Any]:
+        """The generator's Info (cached with the release info); Unavailable when it cannot be had."""
+        gen = (await self.info())["services"].get("generator", {})
+        if "error" in gen:
+            raise Unavailable(f"the generator's model cannot be looked up: {gen['error']}")
+        return gen  # type: ignore[no-any-return]
+
+    async def check_max_tokens(self, max_tokens: int | None) -> None:
+        """The generator owns the cap; checking it here turns a streamed 200 + error into a plain 400."""
+        if max_tokens is None:
+            return
+        cap = int((await self.generator_info()).get("max_tokens_cap") or 0)
+        problem = max_tokens_problem(max_tokens, cap) if cap else None
+        if problem:
+            raise FieldError(problem, "max_tokens")
 
     # Release -----------------------------------------------------------------------------------------------------
     async def info(self) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from fastapi.security import HTTPBearer
 from ragline_api import schemas as s
 from ragline_api.core import Prepared, QueryPipeline
 from ragline_common.errors import InvalidInput, RaglineError
+from ragline_common.http import FieldError
+from ragline_common.limits import MAX_K, doc_id_problem, k_problem
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,34 @@ def sse_response_doc(events: list[str] | None, what: str) -> dict[int | str, dic
 def checked_k(core: QueryPipeline, k: int | None) -> int:
     if k is None:
         return core.settings.default_k
-    if k > core.settings.max_k:
-        raise InvalidInput(f"k must be between 1 and {core.settings.max_k}, got {k}")
+    problem = k_problem(k, min(core.settings.max_k, MAX_K))
+    if problem:
+        raise FieldError(problem, "k")
     return k
+
+
+def checked_id(doc_id: str) -> str:
+    problem = doc_id_problem(doc_id)
+    if problem:
+        raise FieldError(problem, "doc_id")
+    return doc_id
+
+
+Frames = AsyncIterator[tuple[str, dict[str, Any]]]
+
+
+async def started_stream(core: QueryPipeline, prepared: Prepared) -> Frames:
+    """The generator's stream with its first frame already received: the generator has checked the request
+    and admitted it, so any refusal is still an HTTP status, never a 200 followed by an error event."""
+    frames = core.generate_stream(prepared)
+    first = await anext(frames)
+
+    async def replay() -> Frames:
+        yield first
+        async for frame in frames:
+            yield frame
+
+    return replay()
 
 
 def checked_text(core: QueryPipeline, text: str, name: str) -> str:
@@ -110,10 +137,11 @@ async def query(body: s.QueryRequest, core: Core, response: Response) -> Any:
     core.begin(stream=body.stream)
     params = body.model_dump(include={"max_tokens", "temperature", "top_p", "stop", "seed"})
     question = checked_text(core, body.question, "question")
+    await core.check_max_tokens(body.max_tokens)
     prepared = await core.prepare([("user", question)], checked_k(core, body.k), filters_dict(body.filters), params)
     if body.stream:
         return StreamingResponse(
-            _query_events(core, prepared),
+            _query_events(core, prepared, await started_stream(core, prepared)),
             media_type="text/event-stream",
             headers={**SSE_HEADERS, "Server-Timing": prepared.times.header()},
         )
@@ -129,10 +157,10 @@ async def query(body: s.QueryRequest, core: Core, response: Response) -> Any:
     )
 
 
-async def _query_events(core: QueryPipeline, prepared: Prepared) -> AsyncIterator[bytes]:
+async def _query_events(core: QueryPipeline, prepared: Prepared, frames: Frames) -> AsyncIterator[bytes]:
     yield sse("citations", {"citations": prepared.citations})
     try:
-        async for kind, data in core.generate_stream(prepared):
+        async for kind, data in frames:
             if kind == "done":
                 data = {**data, "release": await _release(core, data)}
             yield sse(kind, data)
@@ -150,13 +178,13 @@ async def upsert(body: s.UpsertRequest, core: Core) -> s.UpsertResponse:
 @router.get("/documents/{doc_id:path}", response_model=s.DocumentOut, summary="Get a document and its chunks")
 async def get_document(doc_id: DocId, core: Core) -> s.DocumentOut:
     core.begin()
-    return s.DocumentOut.model_validate(await core.get_document(doc_id))
+    return s.DocumentOut.model_validate(await core.get_document(checked_id(doc_id)))
 
 
 @router.delete("/documents/{doc_id:path}", response_model=s.DeleteResponse, summary="Delete a document")
 async def delete_document(doc_id: DocId, core: Core) -> s.DeleteResponse:
     core.begin()
-    return s.DeleteResponse(id=doc_id, deleted_chunks=await core.delete_document(doc_id))
+    return s.DeleteResponse(id=doc_id, deleted_chunks=await core.delete_document(checked_id(doc_id)))
 
 
 @router.get("/info", summary="The release: versions, models and revisions, prompt template version")

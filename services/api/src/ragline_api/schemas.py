@@ -2,14 +2,78 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from ragline_common.limits import (
+    DEFAULT_MAX_TOKENS_CAP,
+    DOC_ID_RULE,
+    MAX_ANY_OF,
+    MAX_DOC_ID_CHARS,
+    MAX_FILTER_CONDITIONS,
+    MAX_K,
+    MAX_METADATA_KEYS,
+    doc_id_problem,
+    k_problem,
+)
 
 Scalar = str | int | float | bool
 
-# Any printable text: ids are often paths ("guides/setup.md"); control characters would corrupt logs.
-DOC_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+# No control characters (ids end up in logs and URLs); the segment rules are checked by doc_id_problem.
+DOC_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+# JSON numbers travel as doubles (protobuf Struct): integers beyond this would be stored rounded.
+EXACT_INT = 2**53
+# The generator owns the real cap (its Info's max_tokens_cap, checked before any answer starts); this ceiling
+# only keeps the value inside the proto's uint32.
+MAX_TOKENS_CEILING = 1_048_576
+MAX_TOKENS_DOC = (
+    f"Most tokens to generate: 1 to the generator's max_tokens_cap ({DEFAULT_MAX_TOKENS_CAP} unless "
+    "GENERATOR_MAX_TOKENS_CAP sets another; GET /v1/info shows it)."
+)
+K_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_K}
+
+
+def check_k(value: Any) -> Any:
+    """One rule and one message for k everywhere: a JSON integer (not "5", not true) from 1 to MAX_K."""
+    if value is None:
+        return None
+    problem = k_problem(value, MAX_K)
+    if problem:
+        raise PydanticCustomError("k_range", problem)
+    return value
+
+
+def check_doc_id(value: str) -> str:
+    problem = doc_id_problem(value)
+    if problem:
+        raise PydanticCustomError("doc_id", problem)
+    return value
+
+
+KField = Annotated[int | None, BeforeValidator(check_k)]
+DocIdField = Annotated[str, AfterValidator(check_doc_id)]
+
+
+def _exact_json(value: Any, where: str) -> None:
+    """Refuse numbers the store would keep as something else: non-finite, or integers beyond ±2^53."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and abs(value) > EXACT_INT:
+        raise PydanticCustomError(
+            "exact_int", "{where}: integer {value} is outside ±2^53, the range stored exactly",
+            {"where": where, "value": value},
+        )  # fmt: skip
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError("finite", "{where}: {value} is not a finite number", {"where": where, "value": value})
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _exact_json(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _exact_json(v, f"{where}.{i}")
 
 
 class Strict(BaseModel):
@@ -17,10 +81,10 @@ class Strict(BaseModel):
 
 
 class NumRange(Strict):
-    gt: float | None = None
-    gte: float | None = None
-    lt: float | None = None
-    lte: float | None = None
+    gt: float | None = Field(None, allow_inf_nan=False)
+    gte: float | None = Field(None, allow_inf_nan=False)
+    lt: float | None = Field(None, allow_inf_nan=False)
+    lte: float | None = Field(None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _some(self) -> NumRange:
@@ -55,9 +119,15 @@ class Condition(Strict):
 
     key: str = Field(min_length=1, max_length=128, description="Metadata key (dots for nested keys).")
     equals: Scalar | None = None
-    any_of: list[Scalar] | None = Field(None, min_length=1, max_length=100)
+    any_of: list[Scalar] | None = Field(None, min_length=1, max_length=MAX_ANY_OF)
     range: NumRange | None = None
     date_range: DateRange | None = None
+
+    @field_validator("equals", "any_of")
+    @classmethod
+    def _exact(cls, value: Any) -> Any:
+        _exact_json(value, "value")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Condition:
@@ -73,15 +143,15 @@ class Condition(Strict):
 class Filters(Strict):
     """All must hold: {"must": [{"key": "lang", "equals": "en"}, {"key": "year", "range": {"gte": 2020}}]}"""
 
-    must: list[Condition] = Field(default_factory=list, max_length=32)
+    must: list[Condition] = Field(default_factory=list, max_length=MAX_FILTER_CONDITIONS)
 
 
 class GenerationParams(Strict):
-    max_tokens: int | None = Field(None, ge=1, le=4096, description="Most tokens to generate.")
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING, strict=True, description=MAX_TOKENS_DOC)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: list[str] | None = Field(None, max_length=4, description="Up to 4 stop sequences.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, strict=True)
 
     @field_validator("stop")
     @classmethod
@@ -99,8 +169,8 @@ def _not_blank(value: str, name: str) -> str:
 
 class SearchRequest(Strict):
     query: str = Field(min_length=1, max_length=4000, description="Text to search for.")
-    k: int | None = Field(
-        None, ge=1, le=1000, description="Passages to return (1 to API_MAX_K; default API_DEFAULT_K)."
+    k: KField = Field(
+        None, json_schema_extra=K_SCHEMA, description=f"Passages to return (1 to {MAX_K}; default API_DEFAULT_K)."
     )
     filters: Filters | None = None
     mode: Literal["dense", "hybrid"] | None = Field(None, description="Search mode; default: the retriever's.")
@@ -113,7 +183,7 @@ class SearchRequest(Strict):
 
 class QueryRequest(GenerationParams):
     question: str = Field(min_length=1, max_length=4000, description="The question to answer from the documents.")
-    k: int | None = Field(None, ge=1, le=1000, description="Passages to retrieve (1 to API_MAX_K).")
+    k: KField = Field(None, json_schema_extra=K_SCHEMA, description=f"Passages to retrieve (1 to {MAX_K}).")
     filters: Filters | None = None
     stream: bool = Field(False, description="Answer as Server-Sent Events: citations, token…, done.")
 
@@ -164,15 +234,18 @@ class QueryResponse(BaseModel):
 
 
 class DocumentIn(Strict):
-    id: str = Field(min_length=1, max_length=256, pattern=DOC_ID_PATTERN)
+    id: DocIdField = Field(
+        min_length=1, max_length=MAX_DOC_ID_CHARS, pattern=DOC_ID_PATTERN, description=f"An id: {DOC_ID_RULE}."
+    )
     text: str = Field(min_length=1, max_length=1_000_000)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("metadata")
     @classmethod
     def _meta(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(value) > 64:
-            raise ValueError(f"metadata may have at most 64 keys, got {len(value)}")
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValueError(f"metadata may have at most {MAX_METADATA_KEYS} keys, got {len(value)}")
+        _exact_json(value, "metadata")
         return value
 
 

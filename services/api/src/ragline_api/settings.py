@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from ragline_common.limits import MAX_K
 from ragline_common.settings import ServiceSettings, host_port
 
 # Values people paste from examples; a gateway that accepts them is open to anyone who read the same example.
@@ -87,7 +88,7 @@ class ApiSettings(ServiceSettings):
     queue_timeout_seconds: float = Field(1.0, ge=0, description="Longest wait for a slot before a 503.")
 
     default_k: int = Field(5, ge=1, le=100, description="Passages retrieved when a request gives no k.")
-    max_k: int = Field(50, ge=1, le=1000, description="Largest k a request may ask for.")
+    max_k: int = Field(MAX_K, ge=1, le=MAX_K, description="Largest k a request may ask for (at most the retriever's).")
     max_question_chars: int = Field(4000, ge=1, description="Longest question / query / chat message, in characters.")
 
     @field_validator("retriever_addr", "generator_addr", "embedder_addr")

@@ -86,8 +86,10 @@ async def test_filters_are_mapped_to_the_proto_filter(start_gateway, api_key, fa
 @pytest.mark.parametrize(
     ("body", "expect"),
     [
-        ({"query": "x", "k": 0}, "k: Input should be greater than or equal to 1"),
-        ({"query": "x", "k": 51}, "k must be between 1 and 50, got 51"),
+        ({"query": "x", "k": 0}, "k must be an integer from 1 to 100, got 0"),
+        ({"query": "x", "k": 101}, "k must be an integer from 1 to 100, got 101"),
+        ({"query": "x", "k": "5"}, "k must be an integer from 1 to 100, got '5'"),
+        ({"query": "x", "k": True}, "k must be an integer from 1 to 100, got True"),
         ({"query": "   "}, "query must not be blank"),
         ({"query": "x" * 4001}, "query: String should have at most 4000 characters"),
         ({"query": "x", "filters": {"must": [{"key": "a"}]}}, "needs exactly one of equals, any_of, range"),
@@ -158,8 +160,30 @@ async def test_client_leaving_a_stream_cancels_the_generation(start_gateway, api
         assert (await c.post("/v1/search", json={"query": "cat"})).status_code == 200
 
 
-async def test_stream_failure_after_start_is_an_error_event(start_gateway, api_key, fakes) -> None:
+async def test_stream_refused_before_start_is_an_http_status(start_gateway, api_key, fakes) -> None:
     fakes.generator.fault.mode = "internal"
+    async with start_gateway() as svc, client(svc, api_key) as c:
+        r = await c.post("/v1/query", json={"question": "cat", "stream": True})
+    assert r.status_code == 503 and r.headers["content-type"] == "application/json"
+    assert "fake crash" not in r.text
+
+
+async def test_stream_max_tokens_over_the_generator_cap_is_a_400_before_any_byte(start_gateway, api_key, fakes) -> None:
+    fakes.generator.max_tokens_cap = 8
+    async with start_gateway() as svc, client(svc, api_key) as c:
+        r = await c.post("/v1/query", json={"question": "cat", "stream": True, "max_tokens": 9})
+        chat = await c.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "cat"}], "stream": True, "max_tokens": 9},
+        )
+    for reply in (r, chat):
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["param"] == "max_tokens"
+        assert "exceeds the limit of 8 (max_tokens_cap)" in reply.json()["error"]["message"]
+
+
+async def test_stream_failure_after_start_is_an_error_event(start_gateway, api_key, fakes) -> None:
+    fakes.generator.fail_after_tokens = 1
     async with start_gateway() as svc, client(svc, api_key) as c:
         r = await c.post("/v1/query", json={"question": "cat", "stream": True})
     assert r.status_code == 200
