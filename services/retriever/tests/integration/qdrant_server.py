@@ -218,6 +218,7 @@ def _rest_handler(state: _State) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             if length:
                 self.rfile.read(length)
+            body: dict[str, Any]
             if self.path == "/" and state.rest_status is None:
                 status, body = 200, {"title": "qdrant - vector search engine", "version": state.version}
             else:
