@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ragline_common import context
 from ragline_common.errors import DeadlineExceeded, InvalidInput, Overloaded, Unavailable
 from ragline_generator.engines.base import Engine, EngineInfo, FinishReason, Message, Prompt, Sampling, TokenEvent
+from ragline_generator.loopguard import LoopGuard
 from ragline_generator.metrics import GeneratorMetrics
 from ragline_generator.prompt import Chunk, RagTemplate
 from ragline_generator.settings import GeneratorSettings
@@ -147,6 +148,7 @@ class Generation:
         self._first: float | None = None
         self._last: float | None = None
         self._closed = False
+        self._guard = LoopGuard(core.settings.loop_guard_ngram, core.settings.loop_guard_repeats)
 
     async def events(self) -> AsyncIterator[Delta]:
         m = self.core.metrics
@@ -154,20 +156,29 @@ class Generation:
             async for ev in self._stream:
                 now = time.perf_counter()
                 self._completion_tokens = ev.completion_tokens
-                if ev.text:
+                text, looped = self._guard.feed(ev.text)
+                if ev.finish_reason is not None and not looped:
+                    text += self._guard.flush()
+                if text:
                     if self._first is None:
                         self._first = now
                         m.time_to_first_token.observe(now - self._arrival)
                     elif self._last is not None:
                         m.inter_token.observe(now - self._last)
                     self._last = now
+                if looped:  # a repetition loop: end the answer here, as the model would with EOS
+                    m.loops_stopped.inc()
+                    self._finish = "stop"
+                    yield Delta(text, self._final(now))
+                    return
                 if ev.finish_reason is not None:
                     self._finish = ev.finish_reason
-                    yield Delta(ev.text, self._final(now))
+                    yield Delta(text, self._final(now))
                     return
                 if self._deadline is not None and time.monotonic() > self._deadline:
                     raise DeadlineExceeded(f"deadline passed after {ev.completion_tokens} generated tokens")
-                yield Delta(ev.text)
+                if text:  # empty while the loop guard holds back an unfinished word
+                    yield Delta(text)
         except (asyncio.CancelledError, GeneratorExit, DeadlineExceeded):
             raise  # the reader left or ran out of time: counted as aborted
         except BaseException:

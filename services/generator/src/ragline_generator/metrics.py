@@ -49,6 +49,11 @@ class GeneratorMetrics:
             ["finish_reason"],
             registry=registry,
         )
+        self.loops_stopped = Counter(
+            "ragline_generator_loops_stopped_total",
+            "Generations ended early because the text began repeating itself (finish_reason stop).",
+            registry=registry,
+        )
         self.rejected = Counter(
             "ragline_generator_requests_rejected_total",
             "Requests refused because the wait queue was full (429 / RESOURCE_EXHAUSTED).",

@@ -54,6 +54,15 @@ class GeneratorSettings(ServiceSettings):
     request_timeout_seconds: float = Field(
         120.0, gt=0, description="Deadline for HTTP requests (gRPC callers bring their own), queue time included."
     )
+    loop_guard_ngram: int = Field(
+        4,
+        ge=0,
+        description="Stop a generation once a word n-gram of this length repeats loop_guard_repeats times "
+        "(a degenerate loop; finish_reason stop). 0 = off.",
+    )
+    loop_guard_repeats: int = Field(
+        3, ge=2, description="Occurrences of one n-gram that count as a loop; the reader sees at most one fewer."
+    )
     stream_buffer_tokens: int = Field(
         64, ge=1, description="Tokens the llama.cpp worker may run ahead of a slow reader before it waits."
     )

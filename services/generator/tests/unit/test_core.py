@@ -110,7 +110,7 @@ async def test_default_max_tokens_shrinks_to_fit_the_window() -> None:
 
 
 async def test_full_queue_is_refused_at_once_and_slots_free_on_cancel() -> None:
-    engine = FakeEngine("w " * 50, delay=0.02)
+    engine = FakeEngine(" ".join(f"w{i}" for i in range(50)), delay=0.02)  # distinct words: no loop to stop
     core = await make(engine, max_concurrent_requests=4, max_waiting=1)  # llama-like engine: 1 slot anyway
     first = await core.start(chat())
     it = first.events()
