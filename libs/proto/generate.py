@@ -1,37 +1,72 @@
-"""Generate Python stubs for proto/ into libs/proto/src with grpcio-tools; `--check` fails when they are stale."""
+"""Generate Python stubs for proto/ into libs/proto/src with a pinned grpcio-tools; `--check` fails when stale."""
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from grpc_tools import protoc
-
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "proto"
 OUT_DIR = Path(__file__).resolve().parent / "src"
+# The oldest protobuf runtime an image ships decides the generator: vllm/vllm-openai:v0.11.0 has protobuf 6.32.1,
+# ours have 7.x. A runtime refuses gencode newer than itself and accepts any older one, so the stubs come from the
+# oldest grpcio-tools whose protoc writes protobuf 6 gencode (6.30.0); they also need only grpcio >= this version.
+GRPCIO_TOOLS_VERSION = "1.72.1"
+# Its own folder, apart from the project's venv: grpcio-tools 1.72 requires protobuf < 7, which the venv has.
+TOOLS_DIR = ROOT / "var" / "cache" / f"grpcio-tools-{GRPCIO_TOOLS_VERSION}"
+PIP_TIMEOUT_SECONDS = 600
+
+
+def tools_dir() -> Path:
+    """The pinned grpcio-tools, installed once (without dependencies: only its protoc and plugin are used)."""
+    if (TOOLS_DIR / "grpc_tools").is_dir():
+        return TOOLS_DIR
+    TOOLS_DIR.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=TOOLS_DIR.name + ".", dir=TOOLS_DIR.parent))
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check",
+             "--target", str(staging), f"grpcio-tools=={GRPCIO_TOOLS_VERSION}"],
+            check=True,
+            timeout=PIP_TIMEOUT_SECONDS,
+        )  # fmt: skip
+        try:
+            staging.rename(TOOLS_DIR)
+        except OSError:  # another run installed it first
+            if not (TOOLS_DIR / "grpc_tools").is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return TOOLS_DIR
 
 
 def generate(out: Path) -> None:
-    import grpc_tools
-
-    include = Path(grpc_tools.__file__).parent / "_proto"
+    tools = tools_dir()
     files = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
     args = [
-        "grpc_tools.protoc",
         f"-I{PROTO_DIR}",
-        f"-I{include}",
+        f"-I{tools / 'grpc_tools' / '_proto'}",
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
         *files,
     ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    # A child process, so that the pinned grpc_tools is imported instead of any other one the venv may hold.
+    code = (
+        "import sys, grpc_tools\n"
+        "from grpc_tools import protoc\n"
+        f"assert grpc_tools.__file__.startswith({str(tools)!r}), grpc_tools.__file__\n"
+        "sys.exit(protoc.main(['grpc_tools.protoc', *sys.argv[1:]]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tools)}
+    if subprocess.run([sys.executable, "-c", code, *args], env=env, check=False).returncode != 0:
+        raise SystemExit(f"protoc (grpcio-tools {GRPCIO_TOOLS_VERSION}) failed")
     for package_dir in {p.parent for p in out.rglob("*_pb2.py")}:
         d = package_dir
         while d != out:

@@ -32,7 +32,7 @@ class Embedding(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[float]
     truncated: bool
     tokens: int
-    def __init__(self, values: _Optional[_Iterable[float]] = ..., truncated: _Optional[bool] = ..., tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., truncated: bool = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("queue_seconds", "inference_seconds", "total_seconds", "batch_size")
@@ -80,4 +80,4 @@ class InfoResponse(_message.Message):
     device: str
     max_batch_size: int
     max_texts_per_request: int
-    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., dimension: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., normalized: _Optional[bool] = ..., device: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_texts_per_request: _Optional[int] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., dimension: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., normalized: bool = ..., device: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_texts_per_request: _Optional[int] = ...) -> None: ...

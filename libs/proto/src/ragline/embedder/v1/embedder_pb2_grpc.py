@@ -5,7 +5,7 @@ import warnings
 
 from ragline.embedder.v1 import embedder_pb2 as ragline_dot_embedder_dot_v1_dot_embedder__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in ragline/embedder/v1/embedder_pb2_grpc.py depends on'
+        + f' but the generated code in ragline/embedder/v1/embedder_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class EmbedderServiceStub:
+class EmbedderServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -46,7 +46,7 @@ class EmbedderServiceStub:
                 _registered_method=True)
 
 
-class EmbedderServiceServicer:
+class EmbedderServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Embed(self, request, context):
@@ -84,7 +84,7 @@ def add_EmbedderServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class EmbedderService:
+class EmbedderService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -5,7 +5,7 @@ import warnings
 
 from ragline.generator.v1 import generator_pb2 as ragline_dot_generator_dot_v1_dot_generator__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in ragline/generator/v1/generator_pb2_grpc.py depends on'
+        + f' but the generated code in ragline/generator/v1/generator_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class GeneratorServiceStub:
+class GeneratorServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -51,7 +51,7 @@ class GeneratorServiceStub:
                 _registered_method=True)
 
 
-class GeneratorServiceServicer:
+class GeneratorServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
@@ -98,7 +98,7 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class GeneratorService:
+class GeneratorService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -5,7 +5,7 @@ import warnings
 
 from ragline.retriever.v1 import retriever_pb2 as ragline_dot_retriever_dot_v1_dot_retriever__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in ragline/retriever/v1/retriever_pb2_grpc.py depends on'
+        + f' but the generated code in ragline/retriever/v1/retriever_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class RetrieverServiceStub:
+class RetrieverServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -61,7 +61,7 @@ class RetrieverServiceStub:
                 _registered_method=True)
 
 
-class RetrieverServiceServicer:
+class RetrieverServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Search(self, request, context):
@@ -131,7 +131,7 @@ def add_RetrieverServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class RetrieverService:
+class RetrieverService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
