@@ -202,7 +202,7 @@ class _Points(qg.PointsServicer):
             prefetch=q.prefetch,
             query_filter=q.filter,
             limit=q.limit or 10,
-            with_payload=q.with_payload if q.with_payload is not None else True,
+            with_payload=q.with_payload if q.with_payload is not None else False,  # the server's default
             with_vectors=q.with_vector or False,
         )
         return qg.QueryResponse(result=[RestToGrpc.convert_scored_point(p) for p in result.points], time=0.0)
@@ -298,7 +298,8 @@ class QdrantStandIn:
             qg.add_PointsServicer_to_server(self._points, server)
             await server.start()
             http.daemon_threads = True
-            threading.Thread(target=http.serve_forever, name="qdrant-rest", daemon=True).start()
+            # shutdown() waits for the loop's next poll: 50 ms, not the default 500 ms, per stand-in stopped.
+            threading.Thread(target=http.serve_forever, args=(0.05,), name="qdrant-rest", daemon=True).start()
             self.host, self._grpc, self._http = host, server, http
             return
         raise RuntimeError("no free 127/8 address with ports 6333 and 6334 after 20 tries")
