@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,7 @@ from ragline_api.metrics import ApiMetrics
 from ragline_api.resilience import CircuitBreaker, CircuitOpen, RetryBudget
 from ragline_api.settings import ApiSettings
 from ragline_common import context
-from ragline_common.errors import DeadlineExceeded, RaglineError, Unavailable
+from ragline_common.errors import ERROR_KIND_KEY, DeadlineExceeded, RaglineError, Unavailable
 from ragline_common.grpc_client import make_channel, map_rpc_error, metadata, timeout_for
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,28 @@ log = logging.getLogger(__name__)
 # Safe to repeat: reads, and the embedder (a pure function). Upsert/Delete/Generate are never retried.
 IDEMPOTENT = {"Search", "Get", "Info", "Embed"}
 _BACKOFF_BASE = 0.01
+
+
+_PEERS = ("embedder", "retriever", "generator", "Qdrant")
+_NOT_READY = re.compile(r"^the (\w+) is not ready: ([^:]*)")
+
+
+def unavailable_reason(name: str, exc: grpc.aio.AioRpcError) -> str:
+    """Why `name` could not serve, naming the service that is really missing.
+
+    A downstream that answered itself (its error kind is in the trailers) is starting or relays its own peer
+    (the retriever reports its embedder); one that did not answer is down or restarting."""
+    trailing = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
+    details = exc.details() or ""
+    if trailing.get(ERROR_KIND_KEY) != Unavailable.kind:
+        return f"{name} is unavailable: not reachable (down or restarting); retry shortly"
+    starting = _NOT_READY.match(details)
+    if starting:
+        return f"{name} is starting: {starting.group(2).strip() or 'not ready yet'}; retry shortly"
+    for peer in _PEERS:
+        if peer != name and details.startswith(f"{peer} is unavailable"):
+            return f"{peer} is unavailable (reported by the {name}); retry shortly"
+    return f"{name} is unavailable; retry shortly"
 
 
 def _is_failure(exc: RaglineError) -> bool:
@@ -56,10 +79,10 @@ class Downstream:
     def _error(self, exc: grpc.aio.AioRpcError) -> RaglineError:
         err = map_rpc_error(exc, self.name)
         if isinstance(err, Unavailable):
-            # Whether from the transport or relayed by a downstream (the retriever reports its embedder), the
-            # details name internal addresses: they go to the log; the client learns which service is down.
+            # The details name internal addresses: they go to the log; the client learns which service is down
+            # and why, in words of our own, with a Retry-After.
             log.warning("%s unavailable: %s", self.name, exc.details())
-            err = Unavailable(f"{self.name} is unavailable", retry_after=err.retry_after)
+            err = Unavailable(unavailable_reason(self.name, exc), retry_after=err.retry_after or 1.0)
         return err
 
     def _observe(self, method: str, code: str, start: float) -> None:

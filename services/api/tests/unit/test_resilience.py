@@ -7,12 +7,14 @@ import socket
 import time
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
+from ragline_api.clients import unavailable_reason
 from ragline_api.limits import ConcurrencyLimiter, QueueFull, QueueTimeout, RateLimiter
 from ragline_api.resilience import CircuitBreaker, CircuitOpen, CircuitState, RetryBudget
-from ragline_common.errors import Overloaded
+from ragline_common.errors import ERROR_KIND_KEY, Overloaded
 
 pytestmark = pytest.mark.unit
 
@@ -138,7 +140,8 @@ async def test_down_retriever_gives_503_and_retries_stay_within_budget(start_gat
         for _ in range(requests):
             r = await c.post("/v1/search", json={"query": "x"})
             assert r.status_code == 503 and r.headers["retry-after"] == "1"
-            assert r.json()["error"]["message"] == "retriever is unavailable"  # details stay in the log
+            # It answered UNAVAILABLE itself; its details stay in the log.
+            assert r.json()["error"]["message"] == "retriever is unavailable; retry shortly"
         metrics = (await c.get("/metrics")).text
     attempts = fakes.retriever.fault.calls["Search"]
     assert requests < attempts <= 1.2 * requests
@@ -217,6 +220,32 @@ async def test_nothing_listening_is_a_fast_503(start_gateway, api_key) -> None:
             r = await c.post("/v1/query", json={"question": "q"})
             assert r.status_code == 503 and time.perf_counter() - start < 2
             # Transport details (internal addresses) stay in the logs.
-            assert r.json()["error"]["message"] == "generator is unavailable"
+            assert r.json()["error"]["message"].startswith("generator is unavailable: not reachable")
+            assert "127.0.0.1" not in r.text
             r = await c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "q"}]})
             assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable"
+
+
+def rpc_error(details: str, kind: str | None) -> grpc.aio.AioRpcError:
+    trailing = grpc.aio.Metadata(*([(ERROR_KIND_KEY, kind)] if kind else []))
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), trailing, details)
+
+
+@pytest.mark.parametrize(
+    ("details", "kind", "reason"),
+    [
+        ("failed to connect to all addresses; 127.0.0.1:50052", None,
+         "retriever is unavailable: not reachable (down or restarting); retry shortly"),
+        ("the retriever is not ready: waiting for the embedder's model info", "service_unavailable",
+         "retriever is starting: waiting for the embedder's model info; retry shortly"),
+        ("the retriever is not ready: waiting for embedder/store: embedder is unavailable: 127.0.0.1:1",
+         "service_unavailable", "retriever is starting: waiting for embedder/store; retry shortly"),
+        ("embedder is unavailable: failed to connect to all addresses; 127.0.0.1:50051", "service_unavailable",
+         "embedder is unavailable (reported by the retriever); retry shortly"),
+        ("something else", "service_unavailable", "retriever is unavailable; retry shortly"),
+    ],
+)  # fmt: skip
+def test_unavailable_reason_names_the_missing_service_and_never_an_address(
+    details: str, kind: str | None, reason: str
+) -> None:
+    assert unavailable_reason("retriever", rpc_error(details, kind)) == reason

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from ragline.retriever.v1 import retriever_pb2
 from ragline_common.grpc_server import add_servicer
-from ragline_common.health import Readiness, watch
+from ragline_common.health import Readiness
 from ragline_common.http import create_app
 from ragline_common.logs import configure_logging
 from ragline_common.metrics import RequestMetrics
@@ -34,7 +34,6 @@ def build(settings: RetrieverSettings) -> Service:
     registry = CollectorRegistry()
     metrics = RequestMetrics(registry, "retriever")
     readiness = Readiness([SERVICE.full_name])
-    readiness.require("embedder", "not checked yet")
     readiness.require(COLLECTION, "waiting for the embedder's model info")
     store = open_store(
         qdrant_url=settings.qdrant_url,
@@ -54,8 +53,8 @@ def build(settings: RetrieverSettings) -> Service:
     tasks: list[asyncio.Task[None]] = []
 
     async def startup() -> None:
-        # Both run for the life of the process: a missing embedder means not ready, never a crash.
-        tasks.append(asyncio.create_task(watch(readiness, "embedder", embedder.probe()), name="watch-embedder"))
+        # For the life of the process: not ready until the embedder's model info opens the collection, never a
+        # crash; a later embedder outage is answered per call (UNAVAILABLE naming it), not by leaving the Service.
         tasks.append(asyncio.create_task(core.connect(), name="connect-collection"))
 
     async def shutdown() -> None:

@@ -171,7 +171,9 @@ class Retriever:
                 raise
             except Exception as exc:  # embedder or store not there yet: not ready, with the reason, and retry
                 message = exc.message if isinstance(exc, RaglineError) else f"{type(exc).__name__}: {exc}"
-                self._ready = self._ready and self.meta is not None and not isinstance(exc, RaglineError)
+                # Once the collection is open, an embedder outage does not take the retriever out of its Service
+                # (readiness does not cascade): each call that needs the embedder answers UNAVAILABLE naming it.
+                self._ready = self._ready and self.meta is not None
                 await self.readiness.set(COLLECTION, self._ready, f"waiting for embedder/store: {message}"[:300])
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -59,7 +59,7 @@ async def test_starts_not_ready_without_embedder_then_becomes_ready(tmp_path: Pa
         assert not svc.readiness.ready
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.http_port}") as http:
             r = await http.get("/readyz")
-            assert r.status_code == 503 and "embedder" in r.json()["reasons"]
+            assert r.status_code == 503 and "embedder" in str(r.json()["reasons"])
             r = await http.post("/v1/search", json={"query": "hello", "k": 1})
             assert r.status_code == 503
         async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.grpc_port}") as channel:
