@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,19 +19,46 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 class ApiError(Exception):
-    pass
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+# Worth waiting for: the stack is starting or restarting a service (503), or is busy (429).
+RETRYABLE = {429, 503}
+MAX_PAUSE = 10.0
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
 
 
 class Client:
-    def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None,
+        timeout: float,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         headers = {"user-agent": f"ragline-cli/{__version__}"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self._sleep = sleep
+        self._clock = clock
 
-    def post(self, path: str, body: dict[str, Any]) -> Any:
+    def _post_once(self, path: str, body: dict[str, Any]) -> Any:
         try:
             response = self.http.post(path, json=body)
+        except httpx.TransportError as exc:
+            raise ApiError(f"cannot reach {self.http.base_url}: {exc}", retry_after=1.0) from None
         except httpx.HTTPError as exc:
             raise ApiError(f"cannot reach {self.http.base_url}: {exc}") from None
         if response.status_code >= 400:
@@ -37,8 +66,27 @@ class Client:
                 message = response.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = response.text[:500]
-            raise ApiError(f"{response.status_code}: {message}")
+            raise ApiError(
+                f"{response.status_code}: {message}", status=response.status_code, retry_after=_retry_after(response)
+            )
         return response.json()
+
+    def post(self, path: str, body: dict[str, Any], *, wait: float = 0.0) -> Any:
+        """POST and return the JSON answer. With `wait`, a 503 or 429 (or no answer at all) is retried after its
+        Retry-After, saying so on stderr, for up to `wait` s in all: an upsert is safe to repeat."""
+        give_up_at = self._clock() + wait
+        attempt = 1
+        while True:
+            try:
+                return self._post_once(path, body)
+            except ApiError as exc:
+                retryable = exc.status in RETRYABLE or (exc.status is None and exc.retry_after is not None)
+                pause = min(MAX_PAUSE, max(0.5, exc.retry_after or 1.0))
+                if not retryable or self._clock() + pause > give_up_at:
+                    raise
+                print(f"{exc}; retrying in {pause:g}s (attempt {attempt + 1})", file=sys.stderr, flush=True)
+                self._sleep(pause)
+                attempt += 1
 
 
 def cmd_ingest(client: Client, args: argparse.Namespace) -> int:
@@ -63,7 +111,7 @@ def cmd_ingest(client: Client, args: argparse.Namespace) -> int:
             {"id": args.id_prefix + f.doc_id, "text": text, "metadata": {"source": str(f.path)}} for f, text in batch
         ]
         try:
-            reply = client.post("/v1/documents", {"documents": docs})
+            reply = client.post("/v1/documents", {"documents": docs}, wait=args.wait)
             statuses = reply.get("results") or reply.get("documents") or []
         except ApiError as exc:
             statuses = [{"id": d["id"], "status": "error", "error": str(exc)} for d in docs]
@@ -130,6 +178,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--id-prefix", default="", help="prepended to every document id")
     p.add_argument("--batch-size", type=int, default=8, help="documents per request (at most ~512 KiB)")
     p.add_argument("-q", "--quiet", action="store_true", help="only the summary line")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        help="seconds to keep retrying a batch the API refuses for now (503 starting/restarting, 429 busy), "
+        "after its Retry-After; 0 = no retry",
+    )
     p = sub.add_parser("ask", help="answer a question with citations")
     p.add_argument("question")
     p.add_argument("-k", type=int, default=4, help="passages to retrieve")
