@@ -215,6 +215,13 @@ async def test_retriever_service_on_the_server_branch(embedder: Service, qdrant:
         reply = await stub.Search(pb.SearchRequest(query="x", k=10, filter=pb.Filter(must=[year])))
         assert {h.doc_id for h in reply.hits} == {"rust", "tides"}
 
+        # The server's refusals reach the retriever's caller with their meaning, not as "unavailable".
+        for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+            qdrant.fail("Query", code, "injected by the test")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Search(pb.SearchRequest(query="tides", k=3))
+            assert err.value.code() == code and "injected by the test" in (err.value.details() or "")
+
         got = await stub.Get(pb.GetRequest(id="bread"))
         assert got.document.text == DOCS["bread"] and dict(got.document.metadata)["topic"] == "food"
         assert (await stub.Delete(pb.DeleteRequest(id="bread"))).deleted_chunks == len(got.chunks)
