@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.k8s.manifests import K8S, OVERLAYS, REPO, render_text
+from tests.k8s.manifests import CLUSTER_ADDONS, K8S, OVERLAYS, REPO, render_addon, render_text
 
 pytestmark = pytest.mark.k8s
 
@@ -57,6 +57,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Findings]:
     for overlay in OVERLAYS:
         (root / "overlays" / overlay).mkdir(parents=True)
         (root / "overlays" / overlay / f"{overlay}.yaml").write_text(render_text(overlay))
+    for addon in CLUSTER_ADDONS:
+        (root / "cluster" / addon).mkdir(parents=True)
+        (root / "cluster" / addon / f"{addon}.yaml").write_text(yaml.safe_dump_all(render_addon(addon)))
     # A canary in the same run: proves the config still lets checkov fail something.
     (root / "canary").mkdir()
     (root / "canary" / "canary.yaml").write_text(CANARY)
@@ -89,6 +92,13 @@ def test_rendered_overlay_has_no_failed_check(report: dict[str, Findings], overl
     found = report[f"overlays/{overlay}/{overlay}.yaml"]
     assert found.passed > 100, f"checkov ran only {found.passed} checks on {overlay}: did it read the file?"
     assert not found.failed, f"{overlay}:\n" + "\n".join(found.failed)
+
+
+@pytest.mark.parametrize("addon", CLUSTER_ADDONS)
+def test_rendered_cluster_addon_has_no_failed_check(report: dict[str, Findings], addon: str) -> None:
+    found = report[f"cluster/{addon}/{addon}.yaml"]
+    assert found.passed > 0, f"checkov ran no check on k8s/cluster/{addon}: did it read the file?"
+    assert not found.failed, f"{addon}:\n" + "\n".join(found.failed)
 
 
 def test_checkov_still_fails_a_privileged_pod(report: dict[str, Findings]) -> None:
