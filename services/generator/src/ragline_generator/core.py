@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 
 from ragline_common import context
 from ragline_common.errors import DeadlineExceeded, InvalidInput, Overloaded, Unavailable
-from ragline_generator.engines.base import Engine, EngineInfo, FinishReason, Message, Prompt, Sampling, TokenEvent
+from ragline_generator.engines.base import (
+    Engine,
+    EngineDead,
+    EngineInfo,
+    FinishReason,
+    Message,
+    Prompt,
+    Sampling,
+    TokenEvent,
+)
 from ragline_generator.loopguard import LoopGuard
 from ragline_generator.metrics import GeneratorMetrics
 from ragline_generator.prompt import Chunk, RagTemplate
@@ -230,6 +239,7 @@ class Generator:
         self.metrics = metrics
         self.template = template
         self.engine_info: EngineInfo | None = None
+        self.dead_reason: str | None = None
         self.admission = Admission(settings.max_concurrent_requests, settings.max_waiting, metrics)
 
     async def load(self) -> None:
@@ -244,7 +254,20 @@ class Generator:
         cap = self.settings.max_tokens_cap
         return Info(e.engine, e.model, e.revision, e.context_window, cap, self.template.version)
 
+    async def supervise(self, interval: float = 1.0) -> str:
+        """Return, with the reason, once the engine is dead. Checking is cheap (vLLM: a flag its monitor thread
+        sets when the engine core process exits), so a second's delay is all it costs."""
+        while True:
+            try:
+                await self.engine.check_health()
+            except EngineDead as exc:
+                self.dead_reason = exc.reason
+                return exc.reason
+            await asyncio.sleep(interval)
+
     def _ready(self) -> EngineInfo:
+        if self.dead_reason is not None:
+            raise EngineDead(self.dead_reason)
         if self.engine_info is None:
             raise Unavailable("the model is still loading")
         return self.engine_info

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 from ragline_common.metrics import LATENCY_BUCKETS
 
@@ -59,9 +62,35 @@ class GeneratorMetrics:
             "Requests refused because the wait queue was full (429 / RESOURCE_EXHAUSTED).",
             registry=registry,
         )
+        self.engine_aborts = Counter(
+            "ragline_generator_engine_aborts_total",
+            "Requests the engine stopped before they finished (reader gone, deadline passed, engine died).",
+            registry=registry,
+        )
         self.running = Gauge("ragline_generator_requests_running", "Requests generating now.", registry=registry)
         self.waiting = Gauge(
             "ragline_generator_requests_waiting",
-            "Requests waiting for a generation slot; the HPA scales on this.",
+            "Requests waiting for a generation slot in ragline's admission queue. With vLLM, add "
+            "vllm:num_requests_waiting (admitted, not yet scheduled) for the whole queue; the HPA scales on the sum.",
             registry=registry,
         )
+
+
+class ForeignFamilies:
+    """Another registry's metric families whose names start with a prefix, served as they are.
+
+    vLLM registers its vllm: metrics in prometheus_client's global registry; ragline serves its own registry,
+    which already carries the process_* / python_* collectors. Serving only the prefixed families adds vLLM's
+    series to /metrics without a second copy of those."""
+
+    def __init__(self, prefix: str, source: CollectorRegistry = REGISTRY) -> None:
+        self.prefix = prefix
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # names unknown until the engine registers them; nothing here clashes with ragline_ names
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.name.startswith(self.prefix):
+                yield family

@@ -42,6 +42,19 @@ class GeneratorSettings(ServiceSettings):
     max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for (400 above).")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request sets none.")
     default_temperature: float = Field(0.7, ge=0, le=2, description="temperature when a request sets none.")
+    # Sampling both engines apply to every request (requests set temperature, top_p, seed, stop, not these).
+    # Explicit because the engines' own defaults differ: llama.cpp top_k 40 / min_p 0.05, vLLM 0 / 0 (off).
+    top_k: int = Field(40, ge=0, description="Sample from the k most likely tokens; 0 = no limit. Both engines.")
+    min_p: float = Field(
+        0.05, ge=0, le=1, description="Drop tokens less likely than min_p x the top token's probability; 0 = off."
+    )
+    repeat_penalty: float = Field(
+        1.0,
+        gt=0,
+        le=2,
+        description="Penalty on tokens already seen; 1.0 = off. Above 1, llama.cpp looks at the last 64 tokens, "
+        "vLLM (repetition_penalty) at the prompt and the output.",
+    )
     max_concurrent_requests: int = Field(
         1,
         ge=1,

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import AsyncIterator
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -65,7 +66,11 @@ async def test_generate_stream_and_abort_on_vllm(svc: Service) -> None:
     await call.read()
     call.cancel()
     await asyncio.sleep(0.2)
-    engine = svc.app.state.core.engine
-    assert len(engine.aborted) == 1, "a cancelled stream must be aborted in the vLLM engine"
-    assert svc.app.state.core.metrics.running._value.get() == 0
+    metrics = svc.app.state.core.metrics
+    assert metrics.engine_aborts._value.get() == 1, "a cancelled stream must be aborted in the vLLM engine"
+    assert metrics.running._value.get() == 0
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{svc.http_port}/metrics")).text
+    for name in ("ragline_generator_requests_waiting", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
+        assert f"\n{name}" in text, f"{name} missing from /metrics"
     await channel.close()

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ragline_common.errors import Unavailable
+
 FinishReason = Literal["stop", "length", "aborted"]
 
 
@@ -51,6 +53,14 @@ class Prompt:
     token_ids: list[int] = field(default_factory=list)
 
 
+class EngineDead(Unavailable):
+    """The engine cannot serve again (its process died): 503 / UNAVAILABLE, and the pod should be restarted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the generation engine is dead ({reason}); this replica is restarting, retry another")
+        self.reason = reason
+
+
 class Engine(abc.ABC):
     """One loaded model. `stream` is cancelled by closing its iterator: the engine must then stop generating."""
 
@@ -69,6 +79,10 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def stream(self, prompt: Prompt, sampling: Sampling, request_id: str) -> AsyncIterator[TokenEvent]: ...
+
+    async def check_health(self) -> None:
+        """Raise EngineDead once the engine can no longer serve; in-process engines die with the process."""
+        return None
 
     async def close(self) -> None:
         return None

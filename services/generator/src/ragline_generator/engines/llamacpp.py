@@ -75,6 +75,9 @@ class LlamaCppEngine(Engine):
         revision: str = "",
         served_model_name: str = "",
         buffer_tokens: int = 64,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
     ) -> None:
         self.model_path = Path(model_path)
         self.context_window = context_window
@@ -82,6 +85,9 @@ class LlamaCppEngine(Engine):
         self.revision = revision
         self.served_model_name = served_model_name
         self.buffer_tokens = buffer_tokens
+        self.top_k = top_k
+        self.min_p = min_p
+        self.repeat_penalty = repeat_penalty
         # One worker thread: the single Llama context is never touched by two generations at once.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
         self._llm: Any = None
@@ -222,8 +228,16 @@ class LlamaCppEngine(Engine):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         n = 0
         finish: FinishReason = "length"
-        # Sampler defaults match llama-cpp-python's create_completion (top_k 40, min_p 0.05); temperature 0 = greedy.
-        tokens = llm.generate(token_ids, temp=sampling.temperature, top_p=sampling.top_p, reset=True)
+        # top_k, min_p and repeat_penalty are the engine's settings; temperature 0 = greedy.
+        tokens = llm.generate(
+            token_ids,
+            temp=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            reset=True,
+        )
         try:
             for tok in tokens:
                 if cancel.is_set():
