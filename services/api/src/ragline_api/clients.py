@@ -41,14 +41,14 @@ def unavailable_reason(name: str, exc: grpc.aio.AioRpcError) -> str:
     trailing = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
     details = exc.details() or ""
     if trailing.get(ERROR_KIND_KEY) != Unavailable.kind:
-        return f"{name} is unavailable: not reachable (down or restarting); retry shortly"
+        return f"{name} is unavailable: not reachable (down or restarting)"
     starting = _NOT_READY.match(details)
     if starting:
-        return f"{name} is starting: {starting.group(2).strip() or 'not ready yet'}; retry shortly"
+        return f"{name} is starting: {starting.group(2).strip() or 'not ready yet'}"
     for peer in _PEERS:
         if peer != name and details.startswith(f"{peer} is unavailable"):
-            return f"{peer} is unavailable (reported by the {name}); retry shortly"
-    return f"{name} is unavailable; retry shortly"
+            return f"{peer} is unavailable (reported by the {name})"
+    return f"{name} is unavailable"
 
 
 def _is_failure(exc: RaglineError) -> bool:
@@ -98,7 +98,7 @@ class Downstream:
         except grpc.aio.AioRpcError as exc:
             self._observe(method, exc.code().name, start)
             err = self._error(exc)
-            self.breaker.on_failure() if _is_failure(err) else self.breaker.on_success()
+            self.breaker.on_failure(err.message) if _is_failure(err) else self.breaker.on_success()
             raise err from None
         except BaseException:
             self.breaker.on_neutral()
@@ -154,7 +154,7 @@ class Downstream:
             code = exc.code().name
             err = self._error(exc)
             if first:
-                self.breaker.on_failure() if _is_failure(err) else self.breaker.on_success()
+                self.breaker.on_failure(err.message) if _is_failure(err) else self.breaker.on_success()
             raise err from None
         except BaseException:
             code = "CANCELLED"

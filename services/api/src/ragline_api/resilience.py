@@ -40,6 +40,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probing = False
+        self.last_failure = ""
         if on_change:
             on_change(self.state)
 
@@ -54,7 +55,8 @@ class CircuitBreaker:
         if self.state == CircuitState.OPEN:
             left = self._opened_at + self.open_seconds - self._clock()
             if left > 0:
-                raise CircuitOpen(f"{self.name} is failing; its circuit is open", retry_after=max(1.0, left))
+                why = f" ({self.last_failure})" if self.last_failure else ""
+                raise CircuitOpen(f"{self.name} is failing{why}; its circuit is open", retry_after=max(1.0, left))
             self._set(CircuitState.HALF_OPEN)
             self._probing = False
         if self.state == CircuitState.HALF_OPEN:
@@ -67,8 +69,10 @@ class CircuitBreaker:
         self._probing = False
         self._set(CircuitState.CLOSED)
 
-    def on_failure(self) -> None:
+    def on_failure(self, reason: str = "") -> None:
+        """`reason`: the failure's message, safe to show; an open circuit's refusals repeat it."""
         self._probing = False
+        self.last_failure = reason
         self._failures += 1
         if self.state == CircuitState.HALF_OPEN or self._failures >= self.failure_threshold:
             self._opened_at = self._clock()

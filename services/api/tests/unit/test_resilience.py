@@ -141,7 +141,7 @@ async def test_down_retriever_gives_503_and_retries_stay_within_budget(start_gat
             r = await c.post("/v1/search", json={"query": "x"})
             assert r.status_code == 503 and r.headers["retry-after"] == "1"
             # It answered UNAVAILABLE itself; its details stay in the log.
-            assert r.json()["error"]["message"] == "retriever is unavailable; retry shortly"
+            assert r.json()["error"]["message"] == "retriever is unavailable"
         metrics = (await c.get("/metrics")).text
     attempts = fakes.retriever.fault.calls["Search"]
     assert requests < attempts <= 1.2 * requests
@@ -156,6 +156,7 @@ async def test_breaker_opens_and_fails_fast(start_gateway, api_key, fakes) -> No
             assert r.status_code == 503
         assert fakes.retriever.fault.calls["Search"] <= 4  # threshold (+ at most one budgeted retry)
         assert "circuit is open" in r.json()["error"]["message"]
+        assert r.json()["error"]["message"].startswith("retriever is failing (retriever is unavailable)")
         assert 20 <= int(r.headers["retry-after"]) <= 30
         metrics = (await c.get("/metrics")).text
         assert 'ragline_api_circuit_state{downstream="retriever"} 2.0' in metrics
@@ -235,14 +236,14 @@ def rpc_error(details: str, kind: str | None) -> grpc.aio.AioRpcError:
     ("details", "kind", "reason"),
     [
         ("failed to connect to all addresses; 127.0.0.1:50052", None,
-         "retriever is unavailable: not reachable (down or restarting); retry shortly"),
+         "retriever is unavailable: not reachable (down or restarting)"),
         ("the retriever is not ready: waiting for the embedder's model info", "service_unavailable",
-         "retriever is starting: waiting for the embedder's model info; retry shortly"),
+         "retriever is starting: waiting for the embedder's model info"),
         ("the retriever is not ready: waiting for embedder/store: embedder is unavailable: 127.0.0.1:1",
-         "service_unavailable", "retriever is starting: waiting for embedder/store; retry shortly"),
+         "service_unavailable", "retriever is starting: waiting for embedder/store"),
         ("embedder is unavailable: failed to connect to all addresses; 127.0.0.1:50051", "service_unavailable",
-         "embedder is unavailable (reported by the retriever); retry shortly"),
-        ("something else", "service_unavailable", "retriever is unavailable; retry shortly"),
+         "embedder is unavailable (reported by the retriever)"),
+        ("something else", "service_unavailable", "retriever is unavailable"),
     ],
 )  # fmt: skip
 def test_unavailable_reason_names_the_missing_service_and_never_an_address(
