@@ -23,9 +23,7 @@ class Api:
         self.calls += 1
         if self.answers:
             status, headers = self.answers.pop(0)
-            message = {503: "retriever is starting: waiting for the embedder's model info"}.get(
-                status, "nope"
-            )
+            message = {503: "retriever is starting: waiting for the embedder's model info"}.get(status, "nope")
             return httpx.Response(status, headers=headers, json={"error": {"message": message}})
         return httpx.Response(200, json={"results": [{"id": "a.txt", "status": "created", "chunks": 1}]})
 
