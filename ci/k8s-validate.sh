@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Validate k8s/: every overlay and cluster add-on renders, validates strictly (Kubernetes 1.30 + newest schemas, CRD schemas),
-# passes checkov, and meets the project's policies. Installs checkov into its own venv when missing.
+# Validate k8s/: every overlay and cluster add-on renders, validates strictly (Kubernetes 1.30 + newest schemas,
+# CRD schemas), passes checkov, meets the project's policies, and its PromQL passes promtool.
+# Installs checkov into its own venv when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +28,11 @@ for folder in k8s/overlays/*/ k8s/cluster/*/; do
   printf 'k8s-validate: %s renders %s objects\n' "$folder" "$(kubectl kustomize "$folder" | grep -c '^kind:')"
 done
 
-exec "$PYTHON" -m pytest tests/k8s -m k8s -q "$@"
+if ! command -v promtool >/dev/null; then
+  echo "k8s-validate: promtool not found; install Debian's prometheus package (apt-get install prometheus)" >&2
+  exit 2
+fi
+promtool --version 2>&1 | head -1
+
+# tests/monitoring: the monitoring component's alerts, dashboard and adapter rule, checked by promtool.
+exec "$PYTHON" -m pytest tests/k8s tests/monitoring -m k8s -q "$@"
