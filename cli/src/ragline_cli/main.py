@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ragline_cli import __version__
 from ragline_cli.documents import SourceFile, discover, read_text
+from ragline_cli.sources import format_sources
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -147,12 +148,11 @@ def cmd_ask(client: Client, args: argparse.Namespace) -> int:
     if args.max_tokens:
         body["max_tokens"] = args.max_tokens
     reply = client.post("/v1/query", body)
-    print(reply.get("answer", "").strip())
-    citations = reply.get("citations") or []
-    if citations:
-        print("\nSources:")
-        for i, c in enumerate(citations, 1):
-            print(f"  [{i}] {c.get('doc_id')}  (score {c.get('score', 0):.3f})")
+    answer = reply.get("answer", "").strip()
+    print(answer)
+    sources = format_sources(reply.get("citations") or [], answer, reply.get("context_used"))
+    if sources:
+        print("\nSources:", *sources, sep="\n")
     return 0
 
 
