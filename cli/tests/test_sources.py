@@ -26,8 +26,8 @@ def test_each_document_once_with_numbers_positions_and_what_was_cited() -> None:
     ]
     lines = format_sources(citations, "A trigger is processed later [3].", used=[1, 2, 3])
     assert lines == [
-        "  dpkg/spec/triggers.txt: [1] chars 0-1020, [3]* chars 950-2010",
-        "  zstd/TESTING.md: [2] chars 0-900",
+        "  dpkg/spec/triggers.txt  [1] chars 0-1020, [3]* chars 950-2010",
+        "  zstd/TESTING.md  [2] chars 0-900",
         "  (* cited in the answer)",
     ]
     assert not any("0.032" in line for line in lines)  # no fusion scores
@@ -35,4 +35,4 @@ def test_each_document_once_with_numbers_positions_and_what_was_cited() -> None:
 
 def test_without_context_used_every_passage_is_listed() -> None:
     lines = format_sources([hit(1, "a.txt", 0, 10), hit(2, "b.txt", 5, 20)], "No markers here.")
-    assert lines == ["  a.txt: [1] chars 0-10", "  b.txt: [2] chars 5-20"]
+    assert lines == ["  a.txt  [1] chars 0-10", "  b.txt  [2] chars 5-20"]

@@ -63,7 +63,7 @@ def test_cli_ask_prints_answer_and_citations(ingested: Stack) -> None:
     assert result.returncode == 0, result.stderr
     answer, _, sources = result.stdout.partition("Sources:")
     assert answer.strip()
-    assert sources.strip().splitlines()[0].split()[1] == EXPECTED_DOC
+    assert sources.strip().splitlines()[0].split()[0] == EXPECTED_DOC
 
 
 def test_cli_search_prints_ranked_hits(ingested: Stack) -> None:

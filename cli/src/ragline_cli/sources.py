@@ -30,7 +30,7 @@ def format_sources(citations: Sequence[dict[str, Any]], answer: str, used: Seque
             continue
         where = f"chars {c['start']}-{c['end']}" if c.get("end") else "whole document"
         docs.setdefault(str(c.get("doc_id")), []).append(f"[{n}]{'*' if n in cited else ''} {where}")
-    lines = [f"  {doc}: {', '.join(parts)}" for doc, parts in docs.items()]
+    lines = [f"  {doc}  {', '.join(parts)}" for doc, parts in docs.items()]
     if lines and cited:
         lines.append("  (* cited in the answer)")
     return lines
