@@ -16,9 +16,10 @@ from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from ragline_common.errors import InvalidInput, Unavailable
 from ragline_common.health import NOT_SERVING
-from ragline_generator.__main__ import build
+from ragline_generator.__main__ import build, build_engine
 from ragline_generator.engines import vllm as vllm_engine
 from ragline_generator.engines.base import EngineDead, Message, Prompt, Sampling, TokenEvent
+from ragline_generator.engines.llamacpp import LlamaCppEngine
 from ragline_generator.engines.vllm import CumulativeAssembler, VllmEngine, engine_args, sampling_kwargs, use_spawn
 from ragline_generator.metrics import GeneratorMetrics
 from ragline_generator.settings import GeneratorSettings
@@ -234,6 +235,15 @@ def test_sampling_kwargs_carry_the_same_defaults_as_llamacpp() -> None:
     plain = sampling_kwargs(Sampling(8, 0.0), settings(top_k=0, min_p=0.0, repeat_penalty=1.1))
     assert (plain["top_k"], plain["min_p"], plain["repetition_penalty"]) == (0, 0.0, 1.1)
     assert "seed" not in plain and "stop" not in plain
+
+
+def test_both_engines_get_the_same_sampling_settings() -> None:
+    tuned = {"top_k": 7, "min_p": 0.1, "repeat_penalty": 1.2}
+    llama = build_engine(GeneratorSettings(**tuned), metrics())  # builds, does not load
+    assert isinstance(llama, LlamaCppEngine)
+    assert (llama.top_k, llama.min_p, llama.repeat_penalty) == (7, 0.1, 1.2)
+    vllm = sampling_kwargs(Sampling(8, 0.5), settings(**tuned))
+    assert (vllm["top_k"], vllm["min_p"], vllm["repetition_penalty"]) == (7, 0.1, 1.2)
 
 
 def test_assembler_turns_cumulative_text_into_deltas() -> None:
