@@ -115,6 +115,21 @@ def test_pdbs_hold_only_fields_the_server_keeps_as_written(overlay: str) -> None
         assert set(pdb["spec"]["selector"]) == {"matchLabels"}, where
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workloads_under_an_hpa_leave_replicas_to_it(overlay: str) -> None:
+    """A replica count in the manifest would fight the HPA on every apply.
+
+    Client-side apply resets the HPA's count to the manifest's; server-side apply refuses with a conflict once
+    the HPA has changed it (the field then belongs to the HPA's manager, with another value).
+    """
+    objs = render(overlay)
+    targets = {h["spec"]["scaleTargetRef"]["name"] for h in of_kind(objs, "HorizontalPodAutoscaler")}
+    governed = [w for w in objs if w["kind"] in ("Deployment", "StatefulSet") and w["metadata"]["name"] in targets]
+    assert governed
+    fixed = [f"{w['kind']}/{w['metadata']['name']}" for w in governed if "replicas" in w["spec"]]
+    assert not fixed, f"{overlay}: replicas set beside an HPA: {fixed}"
+
+
 @pytest.mark.parametrize("path", DEPLOY_DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_deploy_commands_apply_server_side(path: Path) -> None:
     """Every `kubectl apply -f/-k` a user is told to run is server-side: re-applying then changes nothing."""

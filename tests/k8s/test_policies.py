@@ -93,12 +93,6 @@ def test_every_deployment_has_one_hpa_and_a_pdb(objs: list[Obj]) -> None:
         assert any(matches(p["spec"]["selector"], labels) for p in pdbs), f"{name(d)} has no PodDisruptionBudget"
 
 
-def test_replicas_sit_inside_hpa_bounds(objs: list[Obj]) -> None:
-    for d in deployments(objs):
-        hpa = get(objs, "HorizontalPodAutoscaler", name(d))["spec"]
-        assert hpa["minReplicas"] <= d["spec"]["replicas"] <= hpa["maxReplicas"], name(d)
-
-
 # ---- every container: limits, probes, restricted security context, graceful stop ----
 
 
