@@ -173,15 +173,22 @@ class FakeGenerator:
 class FakeEmbedder:
     def __init__(self) -> None:
         self.fault = Fault()
+        self.max_texts_per_request = 256
+        self.batches: list[int] = []  # texts per Embed call
 
     async def Embed(self, request: epb.EmbedRequest, context: Any) -> epb.EmbedResponse:
         await self.fault("Embed")
+        if len(request.texts) > self.max_texts_per_request:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{len(request.texts)} texts in one request")
+        self.batches.append(len(request.texts))
         vecs = [epb.Embedding(values=[float(len(t)), 1.0, 0.0, 0.5], tokens=len(t.split())) for t in request.texts]
         return epb.EmbedResponse(embeddings=vecs, model="fake-emb", prompt_tokens=sum(v.tokens for v in vecs))
 
     async def Info(self, request: epb.InfoRequest, context: Any) -> epb.InfoResponse:
         await self.fault("Info")
-        return epb.InfoResponse(model="fake-emb", revision="e1", dimension=4)
+        return epb.InfoResponse(
+            model="fake-emb", revision="e1", dimension=4, max_texts_per_request=self.max_texts_per_request
+        )
 
 
 @dataclass
