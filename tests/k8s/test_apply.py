@@ -32,6 +32,7 @@ CLUSTER_SCOPED = {
 DEPLOY_DOCS = [
     REPO / "README.md",
     REPO / "k8s" / "README.md",
+    REPO / "docs" / "runbook.md",
     *sorted((REPO / "k8s").glob("overlays/*/kustomization.yaml")),
     *sorted((REPO / "k8s").glob("cluster/*/kustomization.yaml")),
 ]
