@@ -61,7 +61,8 @@ class CircuitBreaker:
             self._probing = False
         if self.state == CircuitState.HALF_OPEN:
             if self._probing:
-                raise CircuitOpen(f"{self.name} is recovering; one probe call is in flight", retry_after=1.0)
+                why = f" ({self.last_failure})" if self.last_failure else ""
+                raise CircuitOpen(f"{self.name} is recovering{why}; one probe call is in flight", retry_after=1.0)
             self._probing = True
 
     def on_success(self) -> None:
