@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = ("dev", "staging", "prod")
 # Cluster add-ons: applied once per cluster, beside any number of overlays (k8s/README.md).
-CLUSTER_ADDONS = ("prometheus-adapter",)
+CLUSTER_ADDONS = ("prometheus-adapter", "grafana-dashboard")
 SERVICES = ("api", "embedder", "retriever", "generator")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 

@@ -71,6 +71,14 @@ def test_no_two_overlays_render_the_same_object() -> None:
     assert not clashes, f"objects written by more than one overlay: {clashes}"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grafana_dashboards_are_not_per_overlay(overlay: str) -> None:
+    """One dashboard (with a namespace picker) per cluster: per-overlay copies share a uid and a sidecar file."""
+    dashboards = [o for o in render(overlay) if "grafana_dashboard" in o["metadata"].get("labels", {})]
+    assert not dashboards, f"{overlay} renders {[key(o) for o in dashboards]}: it belongs in k8s/cluster/"
+    assert any("grafana_dashboard" in o["metadata"].get("labels", {}) for o in render_addon("grafana-dashboard"))
+
+
 @pytest.mark.parametrize("addon", CLUSTER_ADDONS)
 def test_cluster_addons_are_apart_from_every_overlay(addon: str) -> None:
     """An add-on is applied once per cluster: none of its objects is also an overlay's, and each one validates."""
