@@ -30,6 +30,7 @@ from ragline_embedder.encoders import (
 )
 from ragline_embedder.metrics import EmbedderMetrics
 from ragline_embedder.settings import EmbedderSettings
+from ragline_embedder.tokens import CALL_COST_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class ModelInfo:
     normalized: bool
     device: str
     backend: str
+    dtype: str = "float32"
 
 
 class Embedder:
@@ -90,6 +92,8 @@ class Embedder:
         self._build_bulk: Callable[[], Encoder] | None = None
         self.info: ModelInfo | None = None
         self.batcher: Batcher[Encoded] | None = None
+        self.dtype = "float32"  # set by load(): float16 on a GPU unless EMBEDDER_DTYPE says otherwise
+        self.call_cost = CALL_COST_TOKENS["cpu"]  # set by load(), from the device
 
     def load(self) -> ModelInfo:
         """Load the model and pick its backend (blocking; call it off the event loop)."""
@@ -112,6 +116,11 @@ class Embedder:
         backend = s.backend if s.backend != "auto" else ("onnx" if device == "cpu" else "torch")
         if backend == "onnx" and device != "cpu":
             raise RuntimeError(f"EMBEDDER_BACKEND=onnx runs on the CPU, but the device is {device}; use torch there")
+        dtype = s.dtype if s.dtype != "auto" else ("float32" if device == "cpu" else "float16")
+        if dtype == "float16" and (device == "cpu" or backend == "onnx"):
+            raise RuntimeError(f"EMBEDDER_DTYPE=float16 needs a GPU and the torch backend; the device is {device}")
+        self.dtype = dtype
+        self.call_cost = s.call_cost_tokens or CALL_COST_TOKENS["cpu" if device == "cpu" else "gpu"]
         name = s.model or default_model_path()
         folder = Path(name)
         content = weights_hash(folder) if folder.is_dir() else None  # what the weights are, not what they are called
@@ -133,6 +142,7 @@ class Embedder:
             normalized=s.normalize,
             device=device,
             backend=backend,
+            dtype=dtype,
         )
         # numpy's and scipy's OpenBLAS would each start a pool of every core beside the model's (nothing hot uses
         # them here); after the imports, so that every BLAS library the model's packages brought in is covered.
@@ -141,14 +151,17 @@ class Embedder:
         assert self.encoder is not None
         self.encoder(["warm up"])
         log.info(
-            "loaded %s (%s, dim %d, max %d tokens) on %s, %s backend, with %d threads in %.1fs",
-            model_id, self.info.revision, dim, max_len, device, backend, self.threads, time.perf_counter() - started,
+            "loaded %s (%s, dim %d, max %d tokens) on %s, %s backend, %s, with %d threads in %.1fs",
+            model_id, self.info.revision, dim, max_len, device, backend, dtype, self.threads,
+            time.perf_counter() - started,
         )  # fmt: skip
         return self.info
 
     def _onnx(self, graph: Graph) -> Callable[[], OnnxEncoder]:
         """How each lane builds its own ONNX Runtime session on `graph`."""
-        return lambda: OnnxEncoder(graph, normalize=self.settings.normalize, threads=self.threads)
+        return lambda: OnnxEncoder(
+            graph, normalize=self.settings.normalize, threads=self.threads, call_cost=self.call_cost
+        )
 
     def _use_graph(self, graph: Graph) -> bool:
         """Serve from a cached `graph` (both lanes); False when ONNX Runtime will not take it."""
@@ -169,13 +182,18 @@ class Embedder:
 
         transformers.logging.disable_progress_bar()
         s = self.settings
-        model = SentenceTransformer(name, device=device)
+
+        def torch_model() -> Any:
+            model = SentenceTransformer(name, device=device)
+            return model.half() if self.dtype == "float16" else model
+
+        model = torch_model()
         dim, max_len = model.get_embedding_dimension(), model.max_seq_length
         if not dim or not max_len:
             raise RuntimeError(f"model {name} does not report its embedding dimension and max_seq_length")
-        reference = TorchEncoder(model, normalize=s.normalize)
+        reference = TorchEncoder(model, normalize=s.normalize, call_cost=self.call_cost)
         self.encoder = reference
-        self._build_bulk = lambda: TorchEncoder(SentenceTransformer(name, device=device), normalize=s.normalize)
+        self._build_bulk = lambda: TorchEncoder(torch_model(), normalize=s.normalize, call_cost=self.call_cost)
         if backend == "onnx":
             try:
                 graph = export_onnx(model)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ragline_embedder.tokens import Tokenizer, Tokens, encode_planned
 
 log = logging.getLogger(__name__)
 
@@ -49,43 +50,42 @@ class Encoded:
 Encoder = Callable[[list[str]], list[Encoded]]
 
 
-def _token_counts(tokenizer: Any, texts: list[str], max_len: int) -> list[int]:
-    # Counting with max_len + 1 tells "cut" from "exactly max_len" without tokenizing a long text in full.
+def _encoded(vectors: np.ndarray, tokens: Tokens) -> list[Encoded]:
     return [
-        len(ids)
-        for ids in tokenizer(
-            texts, add_special_tokens=True, truncation=True, max_length=max_len + 1, return_attention_mask=False
-        )["input_ids"]
-    ]
-
-
-def _encoded(vectors: np.ndarray, counts: list[int], max_len: int) -> list[Encoded]:
-    return [
-        Encoded(vector=vec, tokens=min(n, max_len), truncated=n > max_len)
-        for vec, n in zip(vectors, counts, strict=True)
+        Encoded(vector=vec, tokens=len(ids), truncated=cut)
+        for vec, ids, cut in zip(vectors, tokens.ids, tokens.truncated, strict=True)
     ]
 
 
 class TorchEncoder:
-    """sentence-transformers' encode. Not shared between threads: a fast tokenizer is not thread-safe."""
+    """sentence-transformers' model (transformer, pooling …) called on batches planned by length, in its own dtype
+    (float16 on a GPU by default). Not shared between threads: it holds its own tokenizer."""
 
     backend = "torch"
 
-    def __init__(self, model: Any, *, normalize: bool) -> None:
+    def __init__(self, model: Any, *, normalize: bool, call_cost: int) -> None:
         self.model = model
         self.normalize = normalize
         self.max_len = int(model.max_seq_length)
+        self.tokenizer = Tokenizer(model.tokenizer, self.max_len)
+        names = model.tokenizer.model_input_names
+        self.inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in names]
+        self.call_cost = call_cost
+
+    def _forward(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        device = self.model.device
+        with torch.inference_mode():
+            batch = {n: torch.from_numpy(features[n]).to(device, non_blocking=True) for n in self.inputs}
+            vectors = self.model(batch)["sentence_embedding"].float()  # normalised in float32, whatever the dtype
+            if self.normalize:
+                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+            return vectors.cpu().numpy()  # type: ignore[no-any-return]
 
     def __call__(self, texts: list[str]) -> list[Encoded]:
-        counts = _token_counts(self.model.tokenizer, texts, self.max_len)
-        vectors = self.model.encode(
-            texts,
-            batch_size=len(texts),
-            normalize_embeddings=self.normalize,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return _encoded(vectors, counts, self.max_len)
+        vectors, tokens = encode_planned(self.tokenizer, texts, self._forward, self.call_cost)
+        return _encoded(vectors, tokens)
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ class OnnxEncoder:
 
     backend = "onnx"
 
-    def __init__(self, graph: Graph, *, normalize: bool, threads: int) -> None:
+    def __init__(self, graph: Graph, *, normalize: bool, threads: int, call_cost: int) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -216,19 +216,20 @@ class OnnxEncoder:
         # bulk lane builds its own session on its own (lower priority) thread.
         self.session = ort.InferenceSession(graph.onnx, options, providers=["CPUExecutionProvider"])
         self.inputs = graph.inputs
-        self.tokenizer = copy.deepcopy(graph.tokenizer)
         self.max_len = graph.max_seq_length
+        self.tokenizer = Tokenizer(graph.tokenizer, self.max_len)
         self.normalize = normalize
+        self.call_cost = call_cost
 
-    def __call__(self, texts: list[str]) -> list[Encoded]:
-        counts = _token_counts(self.tokenizer, texts, self.max_len)
-        features = self.tokenizer(
-            texts, padding=True, truncation="longest_first", max_length=self.max_len, return_tensors="np"
-        )
-        (vectors,) = self.session.run(None, {n: features[n].astype(np.int64, copy=False) for n in self.inputs})
+    def _forward(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        (vectors,) = self.session.run(None, {n: features[n] for n in self.inputs})
         if self.normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return _encoded(vectors.astype(np.float32, copy=False), counts, self.max_len)
+        return vectors  # type: ignore[no-any-return]
+
+    def __call__(self, texts: list[str]) -> list[Encoded]:
+        vectors, tokens = encode_planned(self.tokenizer, texts, self._forward, self.call_cost)
+        return _encoded(vectors, tokens)
 
 
 def check(candidate: Encoder, reference: Encoder) -> float:

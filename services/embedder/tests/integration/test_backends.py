@@ -91,3 +91,14 @@ def test_an_unusable_cached_graph_is_exported_again(tmp_path: Path) -> None:
     embedder = loaded(cache_dir=str(tmp_path))
     assert embedder.info.backend == "onnx"  # type: ignore[union-attr]
     assert (entry / "model.onnx").stat().st_size > 1_000_000  # written again, whole
+
+
+def test_float16_on_the_cpu_is_refused_not_ignored() -> None:
+    with pytest.raises(RuntimeError, match="float16 needs a GPU and the torch backend; the device is cpu"):
+        loaded(device="cpu", dtype="float16")
+
+
+def test_the_cpu_runs_float32_and_splits_batches_by_length(backends: dict[str, Embedder]) -> None:
+    for embedder in backends.values():
+        assert embedder.info is not None and embedder.info.dtype == "float32"
+        assert embedder.call_cost == 64

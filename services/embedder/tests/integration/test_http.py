@@ -116,7 +116,7 @@ async def test_bad_input_is_a_clear_400(http: httpx.AsyncClient, body: object, m
         (b'{"input": "caf\xe9"}', "not valid UTF-8"),
         (b'{"input": "x"', "not valid JSON"),
         (b"", "not valid JSON"),
-        (b'{"input": "\\ud800"}', "lone surrogate"),  # valid JSON escape, but no UTF-8 text
+        (b'{"input": "\\ud800"}', "unpaired UTF-16 surrogate (U+D800)"),  # valid JSON escape, but no UTF-8 text
     ],
     ids=["latin-1", "truncated-json", "empty-body", "surrogate"],
 )

@@ -38,3 +38,10 @@ def test_backend_must_be_one_of_the_three() -> None:
     assert EmbedderSettings(backend="torch").backend == "torch"
     with pytest.raises(ValidationError, match="backend must be auto, onnx or torch, got 'tensorrt'"):
         EmbedderSettings(backend="tensorrt")
+
+
+def test_dtype_is_auto_float32_or_float16() -> None:
+    assert EmbedderSettings().dtype == "auto" and EmbedderSettings().call_cost_tokens == 0
+    assert EmbedderSettings(dtype="float16").dtype == "float16"
+    with pytest.raises(ValidationError, match="dtype must be auto, float32 or float16, got 'bfloat16'"):
+        EmbedderSettings(dtype="bfloat16")
