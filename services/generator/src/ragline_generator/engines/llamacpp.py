@@ -33,6 +33,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+# Gemma's turn format, for GGUFs that carry no tokenizer.chat_template. Gemma has no system role: like Google's
+# own template, the system text opens the first user turn (llama-cpp-python's "gemma" format drops it instead).
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(prefix='') %}"
+    "{% for m in messages %}{% if m.role == 'system' %}{% set ns.prefix = ns.prefix + m.content + '\\n\\n' %}"
+    "{% else %}<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n"
+    "{{ ns.prefix if m.role == 'user' else '' }}{{ m.content | trim }}<end_of_turn>\n"
+    "{% if m.role == 'user' %}{% set ns.prefix = '' %}{% endif %}{% endif %}{% endfor %}"
+    "<start_of_turn>model\n{{ '' }}"  # the expression keeps Jinja from trimming the final newline
+)
+
 
 def default_model_path() -> str:
     # find_spec, not import: the package's __init__ imports the `llm` CLI, which is not installed.
@@ -123,6 +134,8 @@ class LlamaCppEngine(Engine):
         self._is_eog = lambda tok: bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
         self._special = SpecialText(control_token_texts(llm))
         template = llm.metadata.get("tokenizer.chat_template")
+        if not template and llm.metadata.get("general.architecture", "").startswith("gemma"):
+            template = GEMMA_TEMPLATE
         if template:
             eos_id, bos_id = llm.token_eos(), llm.token_bos()
             self._formatter = Jinja2ChatFormatter(
