@@ -36,7 +36,7 @@ class Filter(_Strict):
 
 class SearchBody(_Strict):
     query: str
-    k: int = Field(10, description="Number of chunks to return.")
+    k: int = Field(10, strict=True, description="Number of chunks to return (a JSON integer).")
     filter: Filter | None = None
     mode: Literal["dense", "hybrid"] | None = Field(None, description="Unset = the service's default.")
 

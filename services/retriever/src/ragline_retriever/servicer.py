@@ -23,6 +23,15 @@ STATUS = {
 }
 
 
+def struct_dict(value: Any, where: str) -> dict[str, Any]:
+    """A Struct (or Value, ListValue) as plain JSON; NaN and infinities, which JSON has no way to write, are a
+    caller's error (INVALID_ARGUMENT), not an internal one."""
+    try:
+        return json_format.MessageToDict(value)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+
+
 def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(value)
@@ -35,7 +44,7 @@ def conditions_from_pb(flt: pb.Filter) -> list[Condition]:
         spec: dict[str, Any] = {"key": fc.key}
         kind = fc.WhichOneof("condition")
         if kind in ("equals", "any_of"):
-            spec[kind] = json_format.MessageToDict(getattr(fc, kind))
+            spec[kind] = struct_dict(getattr(fc, kind), f"filter.must.{kind}")
         elif kind in ("range", "date_range"):
             bounds = getattr(fc, kind)
             spec[kind] = {b: getattr(bounds, b) for b in BOUNDS if bounds.HasField(b)}
@@ -74,7 +83,10 @@ class RetrieverServicer:
         )
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
-        docs = [DocIn(d.id, d.text, normalize_number(json_format.MessageToDict(d.metadata))) for d in request.documents]
+        docs = [
+            DocIn(d.id, d.text, normalize_number(struct_dict(d.metadata, f"documents[{i}].metadata")))
+            for i, d in enumerate(request.documents)
+        ]
         outcomes = await self.core.upsert(docs)
         return pb.UpsertResponse(
             results=[
