@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.monitoring.promql import adapter_query, alert_groups, alert_names, dashboard_queries, tool
+from tests.monitoring.promql import REPO, adapter_query, alert_groups, alert_names, dashboard_queries, tool
 
 pytestmark = pytest.mark.k8s
 
@@ -136,3 +136,13 @@ def test_adapter_query_adds_vllms_queue_and_counts_it_as_zero_when_absent(promto
     (tmp_path / "adapter.test.yaml").write_text(yaml.safe_dump(case, sort_keys=False))
     proc = run(promtool, "test", "rules", "adapter.test.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compose_prometheus_config_is_valid(promtool: str, tmp_path: Path) -> None:
+    """The observability profile's Prometheus (docker-compose) starts only with a config promtool accepts."""
+    config = REPO / "deploy" / "compose" / "prometheus.yml"
+    proc = run(promtool, "check", "config", str(config), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    broken = tmp_path / "prometheus.yml"
+    broken.write_text(config.read_text().replace("scrape_configs:", "scrape_config:"))
+    assert run(promtool, "check", "config", str(broken), cwd=tmp_path).returncode != 0
