@@ -18,7 +18,7 @@ from ragline_cli.localstack import SERVICES, Stack
 from ragline_cli.supervisor import Supervisor
 from tests.reliability.conftest import RELIABILITY_ENV
 from tests.reliability.loadgen import LoadResult
-from tests.reliability.report import record
+from tests.reliability.report import busy_host, record
 from tests.reliability.steady import steady_load
 
 pytestmark = pytest.mark.reliability
@@ -188,9 +188,3 @@ async def test_kill_9_under_load_is_restarted_alone_and_nothing_is_lost(stack: S
         # As the soak does for its p99: timing is judged on a host that is not oversubscribed by other work.
         pytest.xfail(f"host busy (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): {missed} {details}")
     assert not missed, (missed, details)
-
-
-def busy_host() -> bool:
-    """More runnable work than twice the cores: the generator (nice 10) then waits seconds for a core, its answers
-    miss the 5 s deadline (504) whatever was killed, and a cold start takes several times longer."""
-    return os.getloadavg()[0] > 2 * (os.cpu_count() or 1)
