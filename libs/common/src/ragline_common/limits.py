@@ -8,6 +8,8 @@ import unicodedata
 MAX_K = 100  # the ceiling of RETRIEVER_MAX_K and API_MAX_K
 MAX_FILTER_CONDITIONS = 32
 MAX_ANY_OF = 1024
+# A metadata key in a filter: up to five dotted parts (nested keys) of letters, digits, '_' and '-'.
+FILTER_KEY_PATTERN = r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,4}$"
 # Retriever: documents.
 MAX_DOC_ID_CHARS = 256
 MAX_METADATA_KEYS = 64

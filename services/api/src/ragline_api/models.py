@@ -42,6 +42,15 @@ async def known_models(core: QueryPipeline) -> dict[str, Kind]:
     return models
 
 
+def lookup(models: dict[str, Kind], model: str) -> tuple[str, Kind] | None:
+    """(id, kind) of `model`: its exact id, or the last part of a namespaced id ("all-MiniLM-L6-v2" for
+    "sentence-transformers/all-MiniLM-L6-v2") when exactly one model has it."""
+    if model in models:
+        return model, models[model]
+    found = [(m, k) for m, k in models.items() if "/" in m and m.rsplit("/", 1)[1] == model]
+    return found[0] if len(found) == 1 else None
+
+
 def card(core: QueryPipeline, model: str, kind: Kind) -> dict[str, Any]:
     return {
         "id": model,
@@ -62,11 +71,12 @@ async def resolve(core: QueryPipeline, model: str | None, wanted: tuple[Kind, ..
         return "rag"
     if model is None:
         raise FieldError("model is required", "model")
-    kind = (await known_models(core)).get(model)
-    if kind is None:
+    found = lookup(await known_models(core), model)
+    if found is None:
         if "llm" in wanted:
             await core.generator_info()  # a generator that cannot be asked is a 503, not "no such model"
         raise ModelNotFound(model)
+    kind = found[1]
     if kind not in wanted:
         raise FieldError(f"model {model!r} is a {kind} model; this route serves {' or '.join(wanted)} models", "model")
     return kind

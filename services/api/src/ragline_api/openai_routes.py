@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Path, Response
 from fastapi.responses import StreamingResponse
 
 from ragline_api import schemas as s
-from ragline_api.models import RAG_MODEL, ModelNotFound, card, known_models, resolve
+from ragline_api.models import RAG_MODEL, ModelNotFound, card, known_models, lookup, resolve
 from ragline_api.openai_schemas import ChatRequest, CompletionRequest, EmbeddingsRequest
 from ragline_api.routes import (
     SSE_HEADERS,
@@ -201,9 +201,7 @@ async def models(core: Core) -> dict[str, Any]:
 @router.get("/models/{model:path}", summary="One model of /v1/models (404 model_not_found when unknown)")
 async def model(core: Core, model: str = Path(max_length=256)) -> dict[str, Any]:
     core.begin()
-    kind = (await known_models(core)).get(model)
-    if kind is None:
-        if model != RAG_MODEL:
-            raise ModelNotFound(model)
-        kind = "rag"
-    return card(core, model, kind)
+    found = lookup(await known_models(core), model) or ((model, "rag") if model == RAG_MODEL else None)
+    if found is None:
+        raise ModelNotFound(model)
+    return card(core, *found)

@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 from ragline_common.limits import (
     DEFAULT_MAX_TOKENS_CAP,
     DOC_ID_RULE,
+    FILTER_KEY_PATTERN,
     MAX_ANY_OF,
     MAX_DOC_ID_CHARS,
     MAX_FILTER_CONDITIONS,
@@ -117,7 +118,9 @@ class DateRange(Strict):
 class Condition(Strict):
     """One condition on a metadata key: exactly one of equals, any_of, range, date_range."""
 
-    key: str = Field(min_length=1, max_length=128, description="Metadata key (dots for nested keys).")
+    key: str = Field(
+        pattern=FILTER_KEY_PATTERN, description="Metadata key: letters, digits, '_' and '-'; dots for nested keys."
+    )
     equals: Scalar | None = None
     any_of: list[Scalar] | None = Field(None, min_length=1, max_length=MAX_ANY_OF)
     range: NumRange | None = None

@@ -234,3 +234,13 @@ async def test_integers_beyond_2_53_are_refused_not_rounded(start_gateway, api_k
     async with start_gateway() as svc, client(svc, api_key) as c:
         r = await c.post(route, json=body)
     assert r.status_code == 400 and expect in r.json()["error"]["message"], r.text
+
+
+def test_a_namespaced_model_answers_to_its_last_part_when_unambiguous() -> None:
+    from ragline_api.models import lookup
+
+    models: dict[str, Any] = {"ragline": "rag", "org/emb": "embedding", "a/llm": "llm", "b/llm": "llm"}
+    assert lookup(models, "org/emb") == ("org/emb", "embedding")
+    assert lookup(models, "emb") == ("org/emb", "embedding")
+    assert lookup(models, "llm") is None  # two models end in "llm": no guess
+    assert lookup(models, "gpt-4o") is None

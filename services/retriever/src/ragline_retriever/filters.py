@@ -7,12 +7,12 @@ from datetime import datetime
 from typing import Any
 
 from ragline_common.errors import InvalidInput
-from ragline_common.limits import MAX_ANY_OF, MAX_FILTER_CONDITIONS
+from ragline_common.limits import FILTER_KEY_PATTERN, MAX_ANY_OF, MAX_FILTER_CONDITIONS
 from ragline_retriever.store import METADATA, Condition
 
 KINDS = ("equals", "any_of", "range", "date_range")
 BOUNDS = ("gt", "gte", "lt", "lte")
-_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,4}$")
+_KEY = re.compile(FILTER_KEY_PATTERN)
 MAX_CONDITIONS = MAX_FILTER_CONDITIONS
 # Struct and JSON numbers are doubles: integers beyond this cannot be told apart from their neighbours.
 EXACT_INT = 2**53
