@@ -16,7 +16,7 @@ MAX_EMBED_CHARS = 65536
 # OpenAI parameters that are accepted because ragline honours them as OpenAI defines them, or because they only
 # label the request (user, metadata). Every other field is refused by name: a client must never believe a
 # parameter took effect when it did not.
-_ACCEPTED = {"user", "metadata", "service_tier"}
+_ACCEPTED = {"user", "metadata", "service_tier", "safety_identifier", "prompt_cache_key"}
 # Parameters refused unless they hold the value that means "off" (what some clients send by default).
 _OFF_VALUES: dict[str, tuple[Any, ...]] = {
     "tools": (None, []),
@@ -35,6 +35,11 @@ _OFF_VALUES: dict[str, tuple[Any, ...]] = {
     "suffix": (None, ""),
     "best_of": (None, 1),
     "stream_options": (None,),  # handled by the routes that stream
+    # On messages replayed from an earlier OpenAI answer (message.model_dump()):
+    "tool_calls": (None, []),
+    "refusal": (None,),
+    "audio": (None,),
+    "annotations": (None, []),
 }
 
 
@@ -100,7 +105,7 @@ class GenerationFields(OpenAIRequest):
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = Field(None, description="Up to 4 stop sequences of 1 to 64 characters.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, strict=True)
-    n: int = Field(1, ge=1, le=1, strict=True, description="Only 1 is supported.")
+    n: int | None = Field(None, ge=1, le=1, strict=True, description="Only 1 is supported.")
 
     @field_validator("stop")
     @classmethod

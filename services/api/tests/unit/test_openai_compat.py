@@ -55,9 +55,11 @@ async def test_off_values_clients_send_by_default_are_accepted(start_gateway, ap
         "presence_penalty": 0,
         "user": "someone",
         "stream_options": None,
+        "prompt_cache_key": "k",
     }
+    replayed = {"role": "assistant", "content": "earlier", "refusal": None, "tool_calls": None, "annotations": []}
     async with start_gateway() as svc, client(svc, api_key) as c:
-        r = await c.post("/v1/chat/completions", json={"messages": USER, **off})
+        r = await c.post("/v1/chat/completions", json={"messages": [*USER, replayed, *USER], **off})
     assert r.status_code == 200, r.text
 
 
