@@ -246,3 +246,34 @@ def test_a_namespaced_model_answers_to_its_last_part_when_unambiguous() -> None:
     assert lookup(models, "emb") == ("org/emb", "embedding")
     assert lookup(models, "llm") is None  # two models end in "llm": no guess
     assert lookup(models, "gpt-4o") is None
+
+
+def test_the_connection_stays_usable_after_every_kind_of_4xx(threaded_stack, api_key) -> None:
+    url = httpx.URL(threaded_stack.base_url)
+    conn = http.client.HTTPConnection(url.host, url.port, timeout=10)
+    auth = {"authorization": f"Bearer {api_key}", "content-type": "application/json"}
+    cases = [
+        ("POST", "/v1/query", b'{"question": "x"}', {"content-type": "application/json"}, 401),
+        ("POST", "/v1/query", b'{"question": "' + b"x" * 1_100_000 + b'"}', auth, 413),
+        ("POST", "/v1/query", b'{"question": 1}', auth, 400),
+        ("POST", "/v1/query", b'{"question": ', auth, 400),
+        ("GET", "/v1/nowhere", None, auth, 404),
+        ("GET", "/v1/documents/absent", None, auth, 404),
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}',
+            auth,
+            404,
+        ),
+    ]
+    for method, route, body, headers, status in cases:
+        conn.request(method, route, body=body, headers=headers)
+        reply = conn.getresponse()
+        reply.read()
+        assert reply.status == status, (route, reply.status)
+        conn.request("GET", "/v1/models", headers=auth)  # the same connection serves the next request
+        after = conn.getresponse()
+        after.read()
+        assert after.status == 200, (route, status)
+    conn.close()
