@@ -49,6 +49,13 @@ def api(stack: Stack) -> str:
 
 
 @pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """One HTTP client for the frameworks' OpenAI clients, closed at the end (they would leak their own)."""
+    with httpx.Client(timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def sdk(api: str) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=api, api_key=KEY, max_retries=0, timeout=120) as client:
         yield client
@@ -178,11 +185,18 @@ def test_embeddings_take_2048_inputs_and_refuse_other_dimensions(sdk: openai.Ope
 # langchain-openai ------------------------------------------------------------------------------------------------
 
 
-def test_langchain_chat_invoke_stream_and_structured_output_refused(api: str, kinds: dict[str, str]) -> None:
+def test_langchain_chat_invoke_stream_and_structured_output_refused(api: str, http: httpx.Client) -> None:
     from langchain_openai import ChatOpenAI
     from pydantic import BaseModel
 
-    llm = ChatOpenAI(base_url=api, api_key=KEY, model="ragline", max_tokens=SMALL, max_retries=0)  # type: ignore[arg-type]
+    llm = ChatOpenAI(
+        base_url=api,
+        api_key=KEY,  # type: ignore[arg-type]
+        model="ragline",
+        max_tokens=SMALL,  # type: ignore[call-arg]
+        max_retries=0,
+        http_client=http,
+    )
     answer = llm.invoke(QUESTION)
     assert answer.content
     assert "".join(str(c.content) for c in llm.stream(QUESTION))
@@ -197,7 +211,9 @@ def test_langchain_chat_invoke_stream_and_structured_output_refused(api: str, ki
         llm.with_structured_output(Fact, method="json_mode").invoke(QUESTION)
 
 
-def test_langchain_embeddings_with_the_default_batch_of_1000(api: str, kinds: dict[str, str]) -> None:
+def test_langchain_embeddings_with_the_default_batch_of_1000(
+    api: str, kinds: dict[str, str], http: httpx.Client
+) -> None:
     from langchain_openai import OpenAIEmbeddings
 
     emb = OpenAIEmbeddings(
@@ -206,6 +222,7 @@ def test_langchain_embeddings_with_the_default_batch_of_1000(api: str, kinds: di
         model=kinds["embedding"],
         check_embedding_ctx_length=False,  # tiktoken would download its encoding; see the module docstring
         max_retries=0,
+        http_client=http,
     )
     assert emb.chunk_size == 1000  # LangChain's default: 1,000 texts per call
     vectors = emb.embed_documents([f"passage {i}" for i in range(1100)])
@@ -216,40 +233,65 @@ def test_langchain_embeddings_with_the_default_batch_of_1000(api: str, kinds: di
 # LlamaIndex ------------------------------------------------------------------------------------------------------
 
 
-def _llama_llm(api: str, model: str, *, chat: bool) -> Any:
+def _llama_llm(api: str, model: str, http: httpx.Client, *, chat: bool) -> Any:
     from llama_index.llms.openai_like import OpenAILike
 
     return OpenAILike(
-        model=model, api_base=api, api_key=KEY, is_chat_model=chat, max_tokens=SMALL, max_retries=0, timeout=120
+        model=model,
+        api_base=api,
+        api_key=KEY,
+        is_chat_model=chat,
+        max_tokens=SMALL,
+        max_retries=0,
+        timeout=120,
+        http_client=http,
     )
 
 
-def test_llamaindex_openailike_chat_and_completion(api: str, kinds: dict[str, str]) -> None:
+def test_llamaindex_openailike_chat_and_completion(api: str, kinds: dict[str, str], http: httpx.Client) -> None:
     from llama_index.core.llms import ChatMessage
 
-    chat = _llama_llm(api, "ragline", chat=True)
+    chat = _llama_llm(api, "ragline", http, chat=True)
     assert chat.chat([ChatMessage(role="user", content=QUESTION)]).message.content
     assert "".join(r.delta or "" for r in chat.stream_chat([ChatMessage(role="user", content=QUESTION)]))
-    completion = _llama_llm(api, kinds["llm"], chat=False)  # /v1/completions
+    completion = _llama_llm(api, kinds["llm"], http, chat=False)  # /v1/completions
     assert completion.complete("The capital of France is").text
     assert "".join(r.delta or "" for r in completion.stream_complete("One, two,"))
 
 
-def test_llamaindex_pipeline_with_ragline_as_embedder_and_llm(api: str, kinds: dict[str, str], stack: Stack) -> None:
+def test_llamaindex_pipeline_with_ragline_as_embedder_and_llm(
+    api: str, kinds: dict[str, str], stack: Stack, http: httpx.Client
+) -> None:
     """LlamaIndex retrieves with ragline's embeddings, then asks ragline's plain LLM with its own prompt: ragline
     must not retrieve again on that prompt (the failure was an answer about an unrelated document)."""
     from llama_index.core import Document, VectorStoreIndex
     from llama_index.core.node_parser import SentenceSplitter
     from llama_index.embeddings.openai import OpenAIEmbedding
 
-    embed = OpenAIEmbedding(model_name=kinds["embedding"], api_base=api, api_key=KEY, max_retries=0)
+    embed = OpenAIEmbedding(model_name=kinds["embedding"], api_base=api, api_key=KEY, max_retries=0, http_client=http)
     splitter = SentenceSplitter(chunk_size=64, chunk_overlap=0, tokenizer=str.split)
     docs = [Document(text=d["text"], doc_id=d["id"]) for d in DOCS]
     index = VectorStoreIndex.from_documents(docs, embed_model=embed, transformations=[splitter])
     for chat in (True, False):
         before = _searches(stack)
-        engine = index.as_query_engine(llm=_llama_llm(api, kinds["llm"], chat=chat), similarity_top_k=1)
+        engine = index.as_query_engine(llm=_llama_llm(api, kinds["llm"], http, chat=chat), similarity_top_k=1)
         response = engine.query(QUESTION)
         assert str(response).strip()
         assert response.source_nodes[0].node.ref_doc_id == "clients/lighthouse.md"
         assert _searches(stack) == before  # LlamaIndex retrieved; ragline only generated
+
+
+def test_max_tokens_cutting_a_multibyte_character_sends_no_replacement_character(
+    sdk: openai.OpenAI, kinds: dict[str, str]
+) -> None:
+    """SmolLM2's byte-level tokens split 東 (3 UTF-8 bytes) across tokens: one token is half a character."""
+    prompt = "Tokyo in Japanese: 東京. Tokyo in Japanese: 東京. Tokyo in Japanese:"
+    whole = sdk.completions.create(model=kinds["llm"], prompt=prompt, max_tokens=4, temperature=0)
+    assert "東" in whole.choices[0].text  # the model does write the character here
+    for max_tokens in (1, 2):
+        cut = sdk.completions.create(model=kinds["llm"], prompt=prompt, max_tokens=max_tokens, temperature=0)
+        assert "\ufffd" not in cut.choices[0].text
+        stream = sdk.completions.create(
+            model=kinds["llm"], prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True
+        )
+        assert "\ufffd" not in "".join(c.choices[0].text for c in stream if c.choices)

@@ -270,7 +270,8 @@ class LlamaCppEngine(Engine):
                     break
         finally:
             tokens.close()
-        tail, hit = stops.feed(decoder.decode(b"", final=True))
+        # Not final=True: a character that max_tokens cut in half is dropped, not sent as U+FFFD.
+        tail, hit = stops.feed(decoder.decode(b""))
         post(TokenEvent(tail + ("" if hit else stops.flush()), n, "stop" if hit else finish))
 
     async def close(self) -> None:
