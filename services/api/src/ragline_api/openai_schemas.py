@@ -185,6 +185,13 @@ class EmbeddingsRequest(OpenAIRequest):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, strict=True, description="Must equal the model's dimension.")
 
+    @field_validator("input", mode="before")
+    @classmethod
+    def _token_arrays(cls, value: Any) -> Any:
+        if isinstance(value, list) and value and all(isinstance(v, int | list) for v in value):
+            raise ValueError("token arrays are not supported; send a string or a list of strings")
+        return value
+
     @field_validator("input")
     @classmethod
     def _input(cls, value: str | list[str]) -> str | list[str]:

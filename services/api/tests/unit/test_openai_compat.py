@@ -130,6 +130,8 @@ async def test_embeddings_take_2048_texts_split_into_the_embedders_batches(start
         assert max(fakes.embedder.batches) <= 300 and sum(fakes.embedder.batches) == 2048
         over = await c.post("/v1/embeddings", json={"input": [*texts, "x"]})
         assert over.status_code == 400 and "1 to 2048 texts" in over.json()["error"]["message"]
+        tokens = await c.post("/v1/embeddings", json={"input": [[1, 2], [3]]})
+        assert tokens.status_code == 400 and "token arrays are not supported" in tokens.json()["error"]["message"]
         dims = await c.post("/v1/embeddings", json={"input": "x", "dimensions": 2})
         assert dims.status_code == 400 and dims.json()["error"]["param"] == "dimensions"
         same = await c.post("/v1/embeddings", json={"input": "x", "dimensions": 4, "model": "fake-emb"})
