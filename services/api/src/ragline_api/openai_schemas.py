@@ -132,7 +132,7 @@ class ChatRequest(GenerationFields):
     )
     response_format: dict[str, Any] | None = Field(None, description='Only {"type": "text"} is supported.')
     # ragline extensions (send with the SDK's extra_body)
-    k: s.KField = Field(None, json_schema_extra=s.K_SCHEMA, description="ragline: passages to retrieve.")
+    k: s.KField = Field(None, description="ragline: passages to retrieve.")
     filters: s.Filters | None = Field(None, description="ragline: metadata filter for retrieval.")
     retrieval: bool = Field(True, description="ragline: false = plain chat, no retrieval (as the generator's model).")
 

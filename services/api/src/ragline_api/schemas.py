@@ -34,7 +34,6 @@ MAX_TOKENS_DOC = (
     f"Most tokens to generate: 1 to the generator's max_tokens_cap ({DEFAULT_MAX_TOKENS_CAP} unless "
     "GENERATOR_MAX_TOKENS_CAP sets another; GET /v1/info shows it)."
 )
-K_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_K}
 
 
 def check_k(value: Any) -> Any:
@@ -54,7 +53,7 @@ def check_doc_id(value: str) -> str:
     return value
 
 
-KField = Annotated[int | None, BeforeValidator(check_k)]
+KField = Annotated[Annotated[int, Field(ge=1, le=MAX_K)] | None, BeforeValidator(check_k)]
 DocIdField = Annotated[str, AfterValidator(check_doc_id)]
 
 
@@ -172,9 +171,7 @@ def _not_blank(value: str, name: str) -> str:
 
 class SearchRequest(Strict):
     query: str = Field(min_length=1, max_length=4000, description="Text to search for.")
-    k: KField = Field(
-        None, json_schema_extra=K_SCHEMA, description=f"Passages to return (1 to {MAX_K}; default API_DEFAULT_K)."
-    )
+    k: KField = Field(None, description=f"Passages to return (1 to {MAX_K}; default API_DEFAULT_K).")
     filters: Filters | None = None
     mode: Literal["dense", "hybrid"] | None = Field(None, description="Search mode; default: the retriever's.")
 
@@ -186,7 +183,7 @@ class SearchRequest(Strict):
 
 class QueryRequest(GenerationParams):
     question: str = Field(min_length=1, max_length=4000, description="The question to answer from the documents.")
-    k: KField = Field(None, json_schema_extra=K_SCHEMA, description=f"Passages to retrieve (1 to {MAX_K}).")
+    k: KField = Field(None, description=f"Passages to retrieve (1 to {MAX_K}).")
     filters: Filters | None = None
     stream: bool = Field(False, description="Answer as Server-Sent Events: citations, token…, done.")
 
