@@ -11,7 +11,7 @@ from pathlib import Path
 from ragline_common.errors import InvalidInput
 from ragline_generator.engines.base import Message
 
-DEFAULT_TEMPLATE = "rag.v1"
+DEFAULT_TEMPLATE = "rag.v2"  # chosen by bench/answer_quality.py; rag.v1 stays selectable
 _FIELDS = ("version", "system", "chunk_format", "chunk_separator", "user_format", "context_token_budget", "drop_policy")
 
 

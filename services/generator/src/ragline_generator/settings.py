@@ -36,8 +36,8 @@ class GeneratorSettings(ServiceSettings):
     )
     prompt_template: str = Field(
         "",
-        description="RAG prompt template: a bundled version (rag.v1) or the path of a TOML file in the same "
-        "shape (mounted from a ConfigMap); empty = rag.v1. Pinned per release with the model.",
+        description="RAG prompt template: a bundled version (rag.v2, rag.v1) or the path of a TOML file in the same "
+        "shape (mounted from a ConfigMap); empty = rag.v2. Pinned per release with the model.",
     )
     max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for (400 above).")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request sets none.")

@@ -78,7 +78,7 @@ async def test_info_reports_engine_model_and_prompt_version(stub: generator_pb2_
     assert info.revision.startswith("sha256:")
     assert info.context_window == 1024
     assert info.max_tokens_cap == 1024
-    assert info.prompt_version == "rag.v1"
+    assert info.prompt_version == "rag.v2"
 
 
 async def test_generate_and_stream_agree_greedily(stub: generator_pb2_grpc.GeneratorServiceStub) -> None:
@@ -88,7 +88,7 @@ async def test_generate_and_stream_agree_greedily(stub: generator_pb2_grpc.Gener
     assert whole.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
     assert 0 < whole.usage.completion_tokens <= 12
     assert whole.usage.prompt_tokens > 5
-    assert whole.prompt_version == "rag.v1"
+    assert whole.prompt_version == "rag.v2"
     assert 0 < whole.timings.time_to_first_token_seconds <= whole.timings.total_seconds
 
     chunks = [c async for c in stub.GenerateStream(req, timeout=60)]
@@ -97,7 +97,7 @@ async def test_generate_and_stream_agree_greedily(stub: generator_pb2_grpc.Gener
     last = chunks[-1]
     assert last.finish_reason == whole.finish_reason
     assert last.usage == whole.usage
-    assert last.model == whole.model and last.prompt_version == "rag.v1"
+    assert last.model == whole.model and last.prompt_version == "rag.v2"
     assert all(c.finish_reason == pb.FINISH_REASON_UNSPECIFIED for c in chunks[:-1])
 
 
@@ -122,7 +122,7 @@ async def test_rag_context_is_numbered_and_dropped_over_budget(stub: generator_p
     small = [pb.ContextChunk(doc_id=f"d{i}", text=f"Fact {i}: the sky is blue.") for i in range(3)]
     r = await stub.Generate(pb.GenerateRequest(messages=CHAT, context=small, params=greedy(4)), timeout=60)
     assert list(r.context_used) == [0, 1, 2]
-    assert r.prompt_version == "rag.v1"
+    assert r.prompt_version == "rag.v2"
     # Room left: 1024 window - ~90 prompt tokens - 600 reserved for the answer ≈ 330 tokens, so of three
     # ~150-token chunks the third (lowest-ranked) must go.
     big = [pb.ContextChunk(doc_id=f"d{i}", text=" ".join(["apple"] * 150)) for i in range(3)]
@@ -182,7 +182,7 @@ async def test_http_completions_sse_and_errors(svc: Service) -> None:
         frames = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
         assert frames[-1]["usage"]["completion_tokens"] <= 8
         assert frames[-1]["choices"][0]["finish_reason"] in ("stop", "length")
-        assert frames[-1]["prompt_version"] == "rag.v1"
+        assert frames[-1]["prompt_version"] == "rag.v2"
         plain = await client.post(f"{base}/v1/completions", json={**body, "stream": False})
         assert plain.json()["choices"][0]["text"] == "".join(f["choices"][0]["text"] for f in frames)
 

@@ -70,7 +70,7 @@ async def test_generate_collects_text_usage_and_timings() -> None:
     assert r.final.finish_reason == "stop"
     assert (r.final.prompt_tokens, r.final.completion_tokens) == (len("user:hi\n"), 3)
     assert 0 <= r.final.queue_seconds <= r.final.time_to_first_token_seconds <= r.final.total_seconds
-    assert r.prompt_version == "rag.v1" and r.model == "fake-model"
+    assert r.prompt_version == "rag.v2" and r.model == "fake-model"
     assert core.metrics.running._value.get() == 0
 
 
