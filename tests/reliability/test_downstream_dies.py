@@ -83,7 +83,7 @@ async def wait_healthy(stack: Stack, timeout: float) -> float:
     last: list[object] = []
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=DEADLINE + 1) as client:
         while time.perf_counter() - start < timeout:
-            codes = [ready_code(p.url) for p in stack.procs.values()]
+            codes = [ready_code(stack.procs[name].url) for name in SERVICES]  # not replicas other tests stopped
             if all(c == 200 for c in codes):
                 try:
                     s = await client.post("/v1/search", json={"query": "dpkg trigger", "k": 2})
@@ -95,7 +95,7 @@ async def wait_healthy(stack: Stack, timeout: float) -> float:
                         return time.perf_counter() - start
                     last = [s.status_code, s.text[:200], q.status_code, q.text[:200]]
             await asyncio.sleep(0.1)
-    codes = [ready_code(p.url) for p in stack.procs.values()]
+    codes = [ready_code(stack.procs[name].url) for name in SERVICES]  # not replicas other tests stopped
     raise AssertionError(f"stack not healthy {timeout:.0f}s after the kill: {codes}, last answers {last}")
 
 
