@@ -72,9 +72,9 @@ def plan(lengths: Sequence[int], call_cost: int) -> list[list[int]]:
     into consecutive runs is found exactly (dynamic programming, O(n^2) in numpy-sized steps; n is one batch).
     """
     n = len(lengths)
-    if n <= 1:
-        return [list(range(n))]
     order = sorted(range(n), key=lengths.__getitem__)
+    if n <= 1 or n * max(lengths) - sum(lengths) <= call_cost:
+        return [order]  # all the padding there is costs less than one more call
     longest = np.array([lengths[i] for i in order], dtype=np.float64)
     best = np.zeros(n + 1)
     start = np.zeros(n + 1, dtype=np.int64)
