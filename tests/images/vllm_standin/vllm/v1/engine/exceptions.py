@@ -1,0 +1,5 @@
+"""vllm.v1.engine.exceptions of the stand-in."""
+
+
+class EngineDeadError(Exception):
+    """Raised when the EngineCore dies. Unrecoverable."""
