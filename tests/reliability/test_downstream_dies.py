@@ -41,12 +41,15 @@ def ready_code(url: str) -> int | str:
 
 
 def clear_503(sample_detail: str) -> bool:
+    """The error envelope with a message, no trace and no address (the load generator keeps 200 characters of a
+    body, so a long message may be cut: then its envelope's start is what can be checked)."""
     body = sample_detail.partition(": ")[2]
-    try:
-        error = json.loads(body)["error"]
-    except (ValueError, KeyError, TypeError):
+    if "Traceback" in body or "127.0.0.1" in body:
         return False
-    return bool(error.get("message")) and "Traceback" not in body and "127.0.0.1" not in body
+    try:
+        return bool(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return len(body) >= 200 and body.startswith('{"error":{"message":"')
 
 
 def points(stack: Stack) -> int:
