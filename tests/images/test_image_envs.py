@@ -49,7 +49,7 @@ def test_entrypoint_serves_grpc_in_its_image_environment(service: str, tmp_path:
     env = ImageEnv.from_dockerfile(ROOT / "services" / service / "Dockerfile")
     python = build(env)
     with entrypoint(python, env, ROOT, tmp_path, peer_env(service, tmp_path, python)) as run:
-        run.wait_listening(60)
+        run.wait_listening(120)
         # The stubs, grpcio and the health service answer at once; the api and retriever stay NOT_SERVING (their
         # peers are down), the model services turn SERVING once their model loaded in this environment.
         assert run.health() in {"SERVING", "NOT_SERVING"}
@@ -98,7 +98,7 @@ def test_vllm_entrypoint_without_vllm_listens_then_exits_with_the_reason(
 ) -> None:
     env, python = vllm_image
     with entrypoint(python, env, ROOT, tmp_path, {**VLLM_ENV, "HF_HOME": str(tmp_path / "hf")}) as run:
-        run.wait_listening(60)
+        run.wait_listening(120)
         code = run.proc.wait(60)
     assert code != 0, run.output()
     assert any("GENERATOR_ENGINE=vllm needs the vllm extra" in m for m in run.messages()), run.output()
@@ -108,7 +108,7 @@ def test_vllm_entrypoint_serves_over_vllm_011_api_standin(vllm_image: tuple[Imag
     env, python = vllm_image
     extra = {**VLLM_ENV, "HF_HOME": str(tmp_path / "hf")}
     with entrypoint(python, env, ROOT, tmp_path, extra, extra_path=str(STANDIN)) as run:
-        run.wait_listening(60)
+        run.wait_listening(120)
         run.wait_serving(60)
         with grpc.insecure_channel(f"127.0.0.1:{run.grpc_port}") as channel:
             stub = generator_pb2_grpc.GeneratorServiceStub(channel)
