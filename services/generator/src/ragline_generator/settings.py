@@ -40,8 +40,16 @@ class GeneratorSettings(ServiceSettings):
         "shape (mounted from a ConfigMap); empty = rag.v2. Pinned per release with the model.",
     )
     max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for (400 above).")
-    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request sets none.")
-    default_temperature: float = Field(0.7, ge=0, le=2, description="temperature when a request sets none.")
+    default_max_tokens: int = Field(
+        128, ge=1, description="max_tokens when a request sets none (/v1/query's default): room for one paragraph."
+    )
+    default_temperature: float = Field(
+        0.0,
+        ge=0,
+        le=2,
+        description="temperature when a request sets none; 0 = greedy, which found the most facts with the "
+        "small local model (bench/answer_quality.py).",
+    )
     # Sampling both engines apply to every request (requests set temperature, top_p, seed, stop, not these).
     # Explicit because the engines' own defaults differ: llama.cpp top_k 40 / min_p 0.05, vLLM 0 / 0 (off).
     top_k: int = Field(40, ge=0, description="Sample from the k most likely tokens; 0 = no limit. Both engines.")
