@@ -267,12 +267,13 @@ class Retriever:
     async def upsert(self, docs: list[DocIn]) -> list[UpsertOutcome]:
         self._validate(docs)
         self._check_ready()
-        with self._upserts:
+        # Tickets first, before chunking (seconds for a large text): a DELETE from now on fences this ingest.
+        with self._upserts, self._fences.registered([d.id for d in docs]) as tickets:
             plans = await asyncio.to_thread(self._plan, docs)
             for i, plan in enumerate(plans):
                 if not plan.chunks:
                     raise InvalidInput(f"documents[{i}] ({plan.doc.id!r}) has no words to index")
-            async with self._fences.ingesting([d.id for d in docs]) as tickets:
+            async with self._fences.serialized([d.id for d in docs]):
                 todo, outcomes = await self._compare(plans, tickets)
                 await self._embed_plans(todo)
                 for plan in todo:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 
@@ -30,26 +30,38 @@ class IngestFences:
     def __init__(self) -> None:
         self._slots: dict[str, _Slot] = {}
 
+    @contextlib.contextmanager
+    def registered(self, ids: list[str]) -> Iterator[dict[str, Ticket]]:
+        """A ticket per id, registered at once: a DELETE of one of the ids from now on fences this ingest."""
+        tickets = {i: Ticket() for i in ids}
+        for i in ids:
+            self._slots.setdefault(i, _Slot()).tickets.add(tickets[i])
+        try:
+            yield tickets
+        finally:
+            for i in ids:
+                slot = self._slots[i]
+                slot.tickets.discard(tickets[i])
+                # Every holder of or waiter on the lock holds a ticket: no tickets means nobody needs the slot.
+                if not slot.tickets:
+                    del self._slots[i]
+
+    @contextlib.asynccontextmanager
+    async def serialized(self, ids: list[str]) -> AsyncIterator[None]:
+        """Hold each id's lock, taken in sorted order (two multi-document upserts cannot deadlock), so that
+        ingests of one id run one at a time and concurrent identical ingests give one `created`, then
+        `unchanged`. Only inside `registered(ids)`, which keeps the slots alive."""
+        async with contextlib.AsyncExitStack() as stack:
+            for i in sorted(ids):
+                await stack.enter_async_context(self._slots[i].lock)
+            yield
+
     @contextlib.asynccontextmanager
     async def ingesting(self, ids: list[str]) -> AsyncIterator[dict[str, Ticket]]:
-        """Register a ticket per id at once (a DELETE from now on fences this ingest), then take each id's lock
-        in sorted order (two multi-document upserts cannot deadlock). Ingests of one id run serially, so that
-        concurrent identical ingests give one `created` and then `unchanged`."""
-        tickets = {i: Ticket() for i in ids}
-        slots = {i: self._slots.setdefault(i, _Slot()) for i in ids}
-        for i, slot in slots.items():
-            slot.tickets.add(tickets[i])
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                for i in sorted(ids):
-                    await stack.enter_async_context(slots[i].lock)
+        """`registered` and `serialized` at once."""
+        with self.registered(ids) as tickets:
+            async with self.serialized(ids):
                 yield tickets
-        finally:
-            for i, slot in slots.items():
-                slot.tickets.discard(tickets[i])
-                # Every waiter on the lock holds a ticket: no tickets means nobody needs this slot.
-                if not slot.tickets:
-                    self._slots.pop(i, None)
 
     def fence(self, doc_id: str) -> int:
         """Fence every ingest of `doc_id` in flight; how many there were. Call it under the store's write lock,

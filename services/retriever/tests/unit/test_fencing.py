@@ -60,3 +60,13 @@ def test_filter_integers_beyond_2_53_are_named_as_such(value: float) -> None:
 def test_fractional_equality_still_refused_as_fractional() -> None:
     with pytest.raises(InvalidInput, match="fractional"):
         parse_conditions([{"key": "n", "equals": 1.5}])
+
+
+async def test_a_ticket_is_fenced_before_its_ingest_takes_the_lock() -> None:
+    """Registration comes first (before chunking a large text), so a DELETE then already fences the ingest."""
+    fences = IngestFences()
+    with fences.registered(["big"]) as tickets:
+        assert fences.fence("big") == 1
+        async with fences.serialized(["big"]):
+            assert tickets["big"].fenced
+    assert fences.fence("big") == 0
