@@ -171,7 +171,8 @@ def build(api: ApiSettings, release: ReleaseSettings) -> Service:
     retriever = Retriever(
         ret_settings, store, InProcessEmbedder(embedder), chunker, RetrieverMetrics(registry), readiness
     )  # type: ignore[arg-type]
-    generator = Generator(gen_settings, build_engine(gen_settings), GeneratorMetrics(registry), RagTemplate.load())
+    gen_metrics = GeneratorMetrics(registry)
+    generator = Generator(gen_settings, build_engine(gen_settings, gen_metrics), gen_metrics, RagTemplate.load())
     core = InProcessPipeline(api, release, retriever, generator)
 
     app = create_app(service="api", version=__version__, readiness=readiness, metrics=metrics)
