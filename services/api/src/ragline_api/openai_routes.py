@@ -84,7 +84,7 @@ async def chat_completions(body: ChatRequest, core: Core, response: Response) ->
     retrieve = await _checked(core, body) and body.retrieval
     messages: list[tuple[str, str]] = [(m.role if m.role != "developer" else "system", m.text()) for m in body.messages]
     for i, (_, text) in enumerate(messages):
-        checked_text(core, text, f"messages[{i}]")
+        checked_text(core, text, f"messages.{i}.content")
     k = checked_k(core, body.k)
     prepared = await core.prepare(messages, k, filters_dict(body.filters), body.sampling(), retrieve=retrieve)
     cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model

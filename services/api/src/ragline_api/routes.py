@@ -13,7 +13,7 @@ from fastapi.security import HTTPBearer
 
 from ragline_api import schemas as s
 from ragline_api.core import Prepared, QueryPipeline
-from ragline_common.errors import InvalidInput, RaglineError
+from ragline_common.errors import RaglineError
 from ragline_common.http import FieldError
 from ragline_common.limits import MAX_K, doc_id_problem, k_problem
 
@@ -83,9 +83,10 @@ async def started_stream(core: QueryPipeline, prepared: Prepared) -> Frames:
 
 
 def checked_text(core: QueryPipeline, text: str, name: str) -> str:
+    """`name` is the field as the error's `param` names it (dots, as in validation errors)."""
     limit = core.settings.max_question_chars
     if len(text) > limit:
-        raise InvalidInput(f"{name} has {len(text)} characters; at most {limit} are allowed")
+        raise FieldError(f"{name} has {len(text)} characters; at most {limit} are allowed", name)
     return text
 
 

@@ -187,6 +187,7 @@ async def test_a_valid_surrogate_pair_is_text_like_any_other(start_gateway, api_
         ({"messages": USER, "k": True}, "k", "k must be an integer from 1 to 100, got True"),
         ({"messages": USER, "k": 101}, "k", "k must be an integer from 1 to 100, got 101"),
         ({"messages": USER, "max_tokens": "5"}, "max_tokens", "valid integer"),
+        ({"messages": [{"role": "user", "content": "x" * 4001}]}, "messages.0.content", "4001 characters"),
     ],
 )
 async def test_chat_input_rules_match_the_query_route(start_gateway, api_key, body, param, expect) -> None:
