@@ -15,12 +15,13 @@ import grpc
 from ragline.embedder.v1 import embedder_pb2_grpc
 from ragline.generator.v1 import generator_pb2_grpc
 from ragline.retriever.v1 import retriever_pb2_grpc
+from ragline_api.limits import admission_wait
 from ragline_api.metrics import ApiMetrics
 from ragline_api.resilience import CircuitBreaker, CircuitOpen, RetryBudget
 from ragline_api.settings import ApiSettings
 from ragline_common import context
 from ragline_common.errors import ERROR_KIND_KEY, DeadlineExceeded, RaglineError, Unavailable
-from ragline_common.grpc_client import make_channel, map_rpc_error, metadata, timeout_for
+from ragline_common.grpc_client import make_channel, map_rpc_error, metadata
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,22 @@ def unavailable_reason(name: str, exc: grpc.aio.AioRpcError) -> str:
         if peer != name and details.startswith(f"{peer} is unavailable"):
             return f"{peer} is unavailable (reported by the {name})"
     return f"{name} is unavailable"
+
+
+def time_left() -> float | None:
+    """Seconds before this request's deadline, counted from its arrival (its wait for admission included)."""
+    left = context.remaining()
+    return None if left is None else left - admission_wait.get()
+
+
+def hop_timeout(default: float) -> float:
+    """This hop's deadline: what the request has left, capped by the hop's own default."""
+    left = time_left()
+    if left is None:
+        return default
+    if left <= 0:
+        raise DeadlineExceeded("the request's deadline passed before the call was made")
+    return min(left, default)
 
 
 def _is_failure(exc: RaglineError) -> bool:
@@ -93,7 +110,7 @@ class Downstream:
         start = time.perf_counter()
         try:
             reply = await getattr(self.stub, method)(
-                request, timeout=timeout_for(timeout or self.timeout), metadata=metadata()
+                request, timeout=hop_timeout(timeout or self.timeout), metadata=metadata()
             )
         except grpc.aio.AioRpcError as exc:
             self._observe(method, exc.code().name, start)
@@ -126,7 +143,7 @@ class Downstream:
                 if isinstance(exc, CircuitOpen) or attempt == attempts:
                     raise
                 pause = _BACKOFF_BASE * (2 ** (attempt - 1)) * (0.5 + random.random())  # noqa: S311 - jitter
-                left = context.remaining()
+                left = time_left()
                 if (left is not None and left <= pause) or not self.budget.try_spend():
                     raise
                 self.metrics.retries.labels(self.name).inc()
@@ -141,7 +158,7 @@ class Downstream:
             self.metrics.rejected.labels("circuit_open").inc()
             raise
         start = time.perf_counter()
-        call = getattr(self.stub, method)(request, timeout=timeout_for(self.timeout), metadata=metadata())
+        call = getattr(self.stub, method)(request, timeout=hop_timeout(self.timeout), metadata=metadata())
         code = "OK"
         first = True
         try:

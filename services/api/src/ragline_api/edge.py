@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragline_api.auth import KeyChecker
-from ragline_api.limits import QueueFull, QueueTimeout, RateLimiter
+from ragline_api.limits import QueueFull, QueueTimeout, RateLimiter, admission_wait
 from ragline_api.metrics import ApiMetrics
 from ragline_common import tracing
 from ragline_common.admission import AdmissionFull, AdmissionTimeout
@@ -96,6 +96,7 @@ class EdgeMiddleware:
                 caller = "ip:" + (client[0] if client else "unknown")
             self.rate.check(caller)
             waited = await self.slots.acquire()
+            admission_wait.set(waited)
         except RaglineError as exc:
             self.metrics.rejected.labels(_reason(exc)).inc()
             await send_error(send, exc)

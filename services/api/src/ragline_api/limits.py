@@ -6,8 +6,13 @@ import asyncio
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from contextvars import ContextVar
 
 from ragline_common.errors import Overloaded, Unavailable
+
+# Seconds this request waited in line for admission. Its deadline counts from arrival, not from admission: the
+# hops get that much less, so a request that waited is not answered later than its deadline allows.
+admission_wait: ContextVar[float] = ContextVar("admission_wait", default=0.0)
 
 
 class RateLimiter:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 import time
 from typing import Any
@@ -11,10 +12,11 @@ import grpc
 import httpx
 import pytest
 
-from ragline_api.clients import unavailable_reason
-from ragline_api.limits import ConcurrencyLimiter, QueueFull, QueueTimeout, RateLimiter
+from ragline_api.clients import hop_timeout, unavailable_reason
+from ragline_api.limits import ConcurrencyLimiter, QueueFull, QueueTimeout, RateLimiter, admission_wait
 from ragline_api.resilience import CircuitBreaker, CircuitOpen, CircuitState, RetryBudget
-from ragline_common.errors import ERROR_KIND_KEY, Overloaded
+from ragline_common import context
+from ragline_common.errors import ERROR_KIND_KEY, DeadlineExceeded, Overloaded
 
 pytestmark = pytest.mark.unit
 
@@ -250,3 +252,15 @@ def test_unavailable_reason_names_the_missing_service_and_never_an_address(
     details: str, kind: str | None, reason: str
 ) -> None:
     assert unavailable_reason("retriever", rpc_error(details, kind)) == reason
+
+
+def test_a_hop_gets_the_requests_time_left_less_its_wait_for_admission() -> None:
+    def run(waited: float) -> float:
+        context.set_deadline_in(5.0)
+        admission_wait.set(waited)
+        return hop_timeout(10.0)
+
+    assert 4.9 < contextvars.copy_context().run(run, 0.0) <= 5.0
+    assert 3.9 < contextvars.copy_context().run(run, 1.0) <= 4.0
+    with pytest.raises(DeadlineExceeded):
+        contextvars.copy_context().run(run, 6.0)
