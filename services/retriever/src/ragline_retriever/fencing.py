@@ -40,7 +40,9 @@ class IngestFences:
             yield tickets
         finally:
             for i in ids:
-                slot = self._slots[i]
+                slot = self._slots.get(i)
+                if slot is None:
+                    continue
                 slot.tickets.discard(tickets[i])
                 # Every holder of or waiter on the lock holds a ticket: no tickets means nobody needs the slot.
                 if not slot.tickets:
