@@ -209,7 +209,13 @@ def breakdown(before: Samples, after: Samples, route: str, split: bool) -> dict[
                 return None
             return round(vals[0] - sum(vals[1:]), 3)
 
+        # Concurrent queries share Embed RPCs in the retriever: how many rode in each one.
+        _, queries = hist(before, after, "ragline_retriever_embed_seconds", purpose="query")
+        _, rpcs = hist(before, after, rpc, service="embedder", transport="grpc", method="Embed")
+        if queries and rpcs:
+            b["queries_per_embed_rpc"] = round(queries / rpcs, 2)
         b["hop_api_to_retriever"] = diff("api_to_retriever_call", "retriever_grpc")
+        # Per query: the wait for a shared RPC and the hop, the caller's view minus the embedder's per RPC.
         b["hop_retriever_to_embedder"] = diff("retriever_embed_call", "embedder_grpc")
         if route == "/v1/query":
             b["hop_api_to_generator"] = diff("api_to_generator_call", "generator_grpc")
