@@ -108,6 +108,19 @@ async def test_concurrency_cap_queue_timeout_is_503(start_gateway, api_key, fake
         assert (await slow).status_code == 200
 
 
+async def test_probes_and_metrics_bypass_admission_and_the_limit_is_exported(start_gateway, api_key, fakes) -> None:
+    fakes.generator.fault.delay = 1.0
+    async with start_gateway(max_concurrency=1, max_queue=0) as svc, client(svc, api_key) as c:
+        slow = asyncio.create_task(c.post("/v1/query", json={"question": "q"}))
+        await asyncio.sleep(0.3)  # the only slot is taken, and there is no line
+        assert (await c.post("/v1/query", json={"question": "q"})).status_code == 429
+        assert (await c.get("/healthz")).status_code == 200
+        assert (await c.get("/readyz")).status_code == 200
+        metrics = await c.get("/metrics")
+        assert metrics.status_code == 200 and "ragline_api_admission_limit 1.0" in metrics.text
+        assert (await slow).status_code == 200
+
+
 async def test_cors_is_off_unless_configured(start_gateway, api_key) -> None:
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     async with start_gateway() as svc, client(svc, api_key) as c:

@@ -61,3 +61,18 @@ def test_missing_peer_stops_startup_naming_the_variable() -> None:
     )
     assert proc.returncode == 2
     assert "API_RETRIEVER_ADDR" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rate_limit_defaults_to_50_per_key_with_auth_and_none_without() -> None:
+    assert ApiSettings(**PEERS, keys=SecretStr(GOOD)).effective_rate_limit() == 50.0
+    assert ApiSettings(**PEERS, enable_auth=False).effective_rate_limit() == 0.0
+    # Set explicitly, it applies either way (per client address with auth off).
+    assert ApiSettings(**PEERS, enable_auth=False, rate_limit_per_second=5).effective_rate_limit() == 5.0
+    assert ApiSettings(**PEERS, keys=SecretStr(GOOD), rate_limit_per_second=0).effective_rate_limit() == 0.0
+
+
+def test_admission_defaults_are_an_adaptive_range() -> None:
+    s = ApiSettings(**PEERS, enable_auth=False)
+    assert (s.min_concurrency, s.max_concurrency, s.admission_tolerance, s.max_queue) == (16, 64, 2.0, 128)
+    with pytest.raises(ValidationError, match="admission_tolerance"):
+        ApiSettings(**PEERS, enable_auth=False, admission_tolerance=0.5)
