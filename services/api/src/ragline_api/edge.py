@@ -118,8 +118,12 @@ class EdgeMiddleware:
 
         trace = _traceparent(headers.get(b"traceparent"))
 
+        status = 0
+
         async def send_extra(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 extra = [
                     (b"server-timing", f"admission;dur={waited * 1000:.2f}".encode()),
                     (b"x-ragline-release", self.release),
@@ -132,8 +136,11 @@ class EdgeMiddleware:
         try:
             await self.app(scope, capped_receive, send_extra)
         finally:
-            # The time from admission to the end is what the adaptive limit learns from.
-            self.slots.release(time.perf_counter() - admitted)
+            # The time from admission to the end is what the adaptive limit learns from: for requests that were
+            # served, or ran out of time (504, the clearest sign of congestion). A fast 503 from a dead downstream
+            # or a 4xx would teach it a latency the work does not have.
+            learn = 200 <= status < 400 or status == 504
+            self.slots.release(time.perf_counter() - admitted if learn else None)
 
 
 def _traceparent(incoming: bytes | None) -> str:
