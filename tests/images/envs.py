@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CACHE = ROOT / "var" / "cache" / "image-envs"
+# Outside the checkout, keyed by every input: a new clone on the same machine (CI) reuses the venvs that its inputs
+# still match instead of spending minutes rebuilding the same ones; a new machine builds them once.
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ragline" / "image-envs"
 DOCKER = ROOT / "deploy" / "docker"
 sys.path.insert(0, str(DOCKER))
 from image_constraints import canonical, line_name, requirement_lines  # noqa: E402
@@ -179,7 +181,7 @@ def _run(cmd: list[str], log: list[str]) -> None:
 
 
 def build(env: ImageEnv) -> Path:
-    """The venv for env, built once per distinct set of inputs under var/cache/image-envs; returns its python."""
+    """The venv for env, built once per distinct set of inputs under CACHE; returns its python."""
     name = Path(env.dockerfile).parent.name + ("-" + Path(env.dockerfile).name.partition(".")[2]).rstrip("-")
     target = CACHE / f"{name}-{env.key()}"
     CACHE.mkdir(parents=True, exist_ok=True)
