@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from ragline_common.limits import MAX_K
 from ragline_common.settings import ServiceSettings, host_port
 
 
@@ -35,7 +36,7 @@ class RetrieverSettings(ServiceSettings):
         200, ge=16, le=510, description="Chunk size in WordPiece tokens; keep it under the embedder's max_seq_length."
     )
     chunk_overlap_tokens: int = Field(40, ge=0, description="Tokens shared by consecutive chunks (context at edges).")
-    max_k: int = Field(100, ge=1, le=10_000, description="Largest k a search may ask for (400 above).")
+    max_k: int = Field(MAX_K, ge=1, le=MAX_K, description="Largest k a search may ask for (400 above).")
     max_query_bytes: int = Field(8192, ge=1, description="Largest query in UTF-8 bytes (413 above).")
     max_document_bytes: int = Field(1_048_576, ge=1, description="Largest document text in UTF-8 bytes (413 above).")
     max_documents_per_upsert: int = Field(256, ge=1, description="Documents one Upsert may carry (400 above).")
