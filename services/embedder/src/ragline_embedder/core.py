@@ -27,6 +27,7 @@ from ragline_embedder.encoders import (
     TorchEncoder,
     check,
     export_onnx,
+    st_encode,
 )
 from ragline_embedder.metrics import EmbedderMetrics
 from ragline_embedder.settings import EmbedderSettings
@@ -192,6 +193,10 @@ class Embedder:
         if not dim or not max_len:
             raise RuntimeError(f"model {name} does not report its embedding dimension and max_seq_length")
         reference = TorchEncoder(model, normalize=s.normalize, call_cost=self.call_cost)
+        if self.dtype == "float32":  # float16 is checked against the CPU by the GPU tests, to a looser tolerance
+            # The forward pass is called directly (one tokenization, calls planned by length): refuse to start
+            # rather than serve vectors that differ from sentence-transformers' own encode for this model.
+            check(reference, st_encode(model, normalize=s.normalize), "the torch forward pass")
         self.encoder = reference
         self._build_bulk = lambda: TorchEncoder(torch_model(), normalize=s.normalize, call_cost=self.call_cost)
         if backend == "onnx":

@@ -232,11 +232,24 @@ class OnnxEncoder:
         return _encoded(vectors, tokens)
 
 
-def check(candidate: Encoder, reference: Encoder) -> float:
+def check(candidate: Encoder, reference: Encoder, what: str = "the ONNX graph") -> float:
     """Largest difference between two encoders' vectors over PROBES; BackendMismatch above MAX_ABS_DIFF."""
     got = np.stack([e.vector for e in candidate(PROBES)])
     want = np.stack([e.vector for e in reference(PROBES)])
     diff = float(np.max(np.abs(got - want)))
     if diff > MAX_ABS_DIFF:
-        raise BackendMismatch(f"the ONNX graph differs from the model by {diff:.2g} (at most {MAX_ABS_DIFF} allowed)")
+        raise BackendMismatch(f"{what} differs from the model by {diff:.2g} (at most {MAX_ABS_DIFF} allowed)")
     return diff
+
+
+def st_encode(model: Any, *, normalize: bool) -> Encoder:
+    """sentence-transformers' own `encode` (vectors only): what TorchEncoder's direct forward pass must reproduce,
+    prompts, pooling and any text preprocessing of the model included."""
+
+    def encode(texts: list[str]) -> list[Encoded]:
+        vectors = model.encode(
+            texts, batch_size=len(texts), normalize_embeddings=normalize, convert_to_numpy=True, show_progress_bar=False
+        )
+        return [Encoded(vector=v, tokens=0, truncated=False) for v in vectors]
+
+    return encode

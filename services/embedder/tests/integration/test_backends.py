@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from ragline_embedder import core
 from ragline_embedder.core import Embedder
-from ragline_embedder.encoders import BackendMismatch
+from ragline_embedder.encoders import BackendMismatch, Encoded, Encoder
 from ragline_embedder.metrics import EmbedderMetrics
 from ragline_embedder.settings import EmbedderSettings
 
@@ -59,7 +59,11 @@ def test_both_backends_agree_on_vectors_tokens_and_truncation_in_one_padded_batc
 
 
 def test_a_graph_that_disagrees_falls_back_to_torch_under_auto(monkeypatch: pytest.MonkeyPatch) -> None:
-    def mismatch(*args: object) -> float:
+    real = core.check
+
+    def mismatch(candidate: Encoder, reference: Encoder, what: str = "the ONNX graph") -> float:
+        if what != "the ONNX graph":
+            return real(candidate, reference, what)
         raise BackendMismatch("the ONNX graph differs from the model by 0.3 (at most 0.0001 allowed)")
 
     monkeypatch.setattr(core, "check", mismatch)
@@ -102,3 +106,15 @@ def test_the_cpu_runs_float32_and_splits_batches_by_length(backends: dict[str, E
     for embedder in backends.values():
         assert embedder.info is not None and embedder.info.dtype == "float32"
         assert embedder.call_cost == 64
+
+
+def test_a_torch_forward_pass_that_differs_from_encode_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = core.st_encode
+
+    def shifted(model: object, *, normalize: bool) -> Encoder:
+        real = original(model, normalize=normalize)
+        return lambda texts: [Encoded(e.vector + 0.01, e.tokens, e.truncated) for e in real(texts)]
+
+    monkeypatch.setattr(core, "st_encode", shifted)
+    with pytest.raises(BackendMismatch, match=r"the torch forward pass differs from the model by 0\.01"):
+        loaded(backend="torch")
