@@ -191,3 +191,17 @@ async def test_a_lowered_limit_is_not_exceeded_and_a_raised_one_admits_waiters_a
     ctl.release(None)  # now below: both waiters get in
     await asyncio.gather(*waiters)
     assert ctl.active == 2 and ctl.waiting == 0
+
+
+def test_no_probe_while_the_limit_is_at_its_floor_and_probes_resume_above_it() -> None:
+    clock = Clock()
+    limit = GradientLimit(params(min_limit=16, max_limit=64, initial_limit=16, probe_interval=2.0), clock=clock)
+    slow = Server(capacity=100, base=0.02)  # latency says "lower" at any limit above the floor
+    trace = simulate(limit, clock, slow, rate=500, seconds=20)
+    # The first probe teaches the uncongested latency; from then on the limit stays on its floor and is never the
+    # probe's 4 again: the wait line is not stalled for nothing.
+    assert 4 in {lim for _, lim, _ in trace}
+    assert {lim for t, lim, _ in trace if t >= 10.0} == {16}
+    fast = Server(capacity=100_000, base=0.02)
+    trace = simulate(limit, clock, fast, rate=5000, seconds=10)
+    assert 4 in {lim for _, lim, _ in trace} and limit.limit > 16

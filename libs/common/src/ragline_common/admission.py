@@ -44,6 +44,7 @@ class GradientParams:
     # limit drift up. So, as Envoy's filter does, every `probe_interval` s the limit drops to `probe_limit` until
     # `probe_samples` requests have finished with no more than that in flight (or `probe_seconds` pass): their
     # median is the uncongested latency. Requests beyond it wait in the line meanwhile, which keeps its length.
+    # No probe while the limit is at its floor (nothing it learns could lower it).
     probe_interval: float = 30.0
     probe_limit: int = 4
     probe_samples: int = 10
@@ -111,7 +112,11 @@ class GradientLimit:
             if len(self._probe_samples) >= self.p.probe_samples or now >= self._probe_until:
                 self._end_probe(now)
             return
-        if now >= self._next_probe:
+        if now >= self._next_probe and self._estimate <= self.p.min_limit:
+            # At its floor the limit can go no lower, so what a probe would learn cannot change it; and a probe
+            # stalls the wait line for a few service times. Windows keep the baseline; probe again once above.
+            self._next_probe = now + self.p.probe_interval
+        elif now >= self._next_probe:
             self._probe_until = now + self.p.probe_seconds
             self._probe_samples = []
             self._set(min(self.p.probe_limit, self.p.min_limit))
