@@ -205,3 +205,30 @@ def test_no_probe_while_the_limit_is_at_its_floor_and_probes_resume_above_it() -
     fast = Server(capacity=100_000, base=0.02)
     trace = simulate(limit, clock, fast, rate=5000, seconds=10)
     assert 4 in {lim for _, lim, _ in trace} and limit.limit > 16
+
+
+async def test_while_refusing_the_line_is_half_as_long_and_full_again_a_second_after() -> None:
+    clock = Clock()
+    ctl = AdmissionController(fixed(4, clock), max_queue=100, timeout=5.0, clock=clock)
+    for _ in range(4):
+        await ctl.acquire()
+    waiters = [asyncio.create_task(ctl.acquire()) for _ in range(4)]  # a closed loop of 8 fits: 4 run, 4 wait
+    await asyncio.sleep(0)
+    assert ctl.waiting == 4 and ctl.queue_limit == 4
+    with pytest.raises(AdmissionFull):
+        await ctl.acquire()  # a ninth: overload
+    assert ctl.queue_limit == 2
+    for _ in range(3):
+        ctl.release(0.01)  # three waiters get slots, one still waits
+    await asyncio.sleep(0)
+    assert ctl.waiting == 1
+    second = asyncio.create_task(ctl.acquire())  # 1 < 2: may wait
+    await asyncio.sleep(0)
+    assert ctl.waiting == 2
+    with pytest.raises(AdmissionFull):
+        await ctl.acquire()  # the half-length line is full
+    clock.now += 1.0
+    assert ctl.queue_limit == 4  # a second without refusals: full length again
+    for _ in range(6):
+        ctl.release(0.01)
+    await asyncio.gather(*waiters, second)

@@ -172,8 +172,12 @@ class GradientLimit:
 
 class AdmissionController:
     """At most `limit.limit` requests run; as many more may wait (FIFO, `max_queue` at most, `timeout` s at most);
-    the rest are refused at once with Retry-After. The wait line is as long as the limit: a request admitted under
-    overload waits for at most one generation of those running, so its latency stays within about twice theirs."""
+    the rest are refused at once with Retry-After. The wait line is as long as the limit, so a closed loop of
+    clients up to twice the limit is never refused; while requests are being refused (lasting overload: the slots
+    stay busy either way) it is half as long, so an admitted request waits for at most half a generation of those
+    running. It is back to full length `full_line_after` s after the last refusal."""
+
+    full_line_after: float = 1.0
 
     def __init__(
         self,
@@ -191,10 +195,12 @@ class AdmissionController:
         self._clock = clock
         self.active = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._refused_at = -math.inf
 
     @property
     def queue_limit(self) -> int:
-        return min(self.max_queue, self.limit.estimate)
+        full = min(self.max_queue, self.limit.estimate)
+        return full // 2 if self._clock() - self._refused_at < self.full_line_after else full
 
     @property
     def waiting(self) -> int:
@@ -206,6 +212,7 @@ class AdmissionController:
             self.active += 1
             return 0.0
         if len(self._waiters) >= self.queue_limit:
+            self._refused_at = self._clock()
             raise AdmissionFull(
                 f"{self.what} is at capacity ({self.active} requests in flight, limit {self.limit.limit}, "
                 f"{len(self._waiters)} waiting); retry later"
