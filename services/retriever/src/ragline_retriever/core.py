@@ -26,7 +26,7 @@ from ragline_retriever.store import (
     DOC_TEXT,
     METADATA,
     CollectionMeta,
-    Condition,
+    FieldMatch,
     PointIn,
     SearchQuery,
     Sparse,
@@ -189,7 +189,7 @@ class Retriever:
 
     # ---- search ----------------------------------------------------------------------------------------------
 
-    async def search(self, query: str, k: int, conditions: list[Condition], mode: str | None = None) -> SearchResult:
+    async def search(self, query: str, k: int, conditions: list[FieldMatch], mode: str | None = None) -> SearchResult:
         s = self.settings
         if not query or not query.strip():
             raise InvalidInput("query is empty; give some text to search for")

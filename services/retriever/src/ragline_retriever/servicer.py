@@ -10,8 +10,7 @@ from google.protobuf import json_format, struct_pb2
 from ragline.retriever.v1 import retriever_pb2 as pb
 from ragline_common.errors import InvalidInput
 from ragline_retriever.core import DocIn, Retriever
-from ragline_retriever.filters import BOUNDS, normalize_number, parse_conditions
-from ragline_retriever.store import Condition
+from ragline_retriever.filters import conditions_from_pb, normalize_number
 
 MODES = {pb.SEARCH_MODE_UNSPECIFIED: None, pb.SEARCH_MODE_DENSE: "dense", pb.SEARCH_MODE_HYBRID: "hybrid"}
 MODE_ENUM = {"dense": pb.SEARCH_MODE_DENSE, "hybrid": pb.SEARCH_MODE_HYBRID}
@@ -36,20 +35,6 @@ def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(value)
     return out
-
-
-def conditions_from_pb(flt: pb.Filter) -> list[Condition]:
-    specs: list[dict[str, Any]] = []
-    for fc in flt.must:
-        spec: dict[str, Any] = {"key": fc.key}
-        kind = fc.WhichOneof("condition")
-        if kind in ("equals", "any_of"):
-            spec[kind] = struct_dict(getattr(fc, kind), f"filter.must.{kind}")
-        elif kind in ("range", "date_range"):
-            bounds = getattr(fc, kind)
-            spec[kind] = {b: getattr(bounds, b) for b in BOUNDS if bounds.HasField(b)}
-        specs.append(spec)
-    return parse_conditions(specs)
 
 
 class RetrieverServicer:

@@ -18,7 +18,7 @@ DOC_TEXT = "doc_text"  # the whole source text, on chunk 0 only (Get returns it;
 
 
 @dataclass(frozen=True)
-class Condition:
+class FieldMatch:
     """One filter condition on a payload path; all conditions of a search must hold."""
 
     key: str
@@ -68,7 +68,7 @@ class SearchQuery:
     dense: list[float]
     sparse: Sparse | None  # None = dense only
     k: int
-    conditions: list[Condition]
+    conditions: list[FieldMatch]
     candidates: int
     rrf_k: int
 

@@ -21,7 +21,7 @@ from ragline_retriever.store import (
     DOC_TEXT,
     SPARSE,
     CollectionMeta,
-    Condition,
+    FieldMatch,
     PointIn,
     SearchQuery,
     Sidecar,
@@ -73,7 +73,7 @@ def store_error(exc: BaseException) -> RaglineError | None:
     return None
 
 
-def to_filter(conditions: list[Condition], doc_id: str | None = None, from_index: int = 0) -> models.Filter | None:
+def to_filter(conditions: list[FieldMatch], doc_id: str | None = None, from_index: int = 0) -> models.Filter | None:
     must: list[Any] = []
     if doc_id is not None:
         must.append(models.FieldCondition(key=DOC_ID, match=models.MatchValue(value=doc_id)))

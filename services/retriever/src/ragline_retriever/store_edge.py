@@ -18,7 +18,7 @@ from ragline_retriever.store import (
     DOC_TEXT,
     SPARSE,
     CollectionMeta,
-    Condition,
+    FieldMatch,
     PointIn,
     SearchQuery,
     Sidecar,
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 _SCROLL_PAGE = 256
 
 
-def to_filter(conditions: list[Condition], doc_id: str | None = None, from_index: int = 0) -> qe.Filter | None:
+def to_filter(conditions: list[FieldMatch], doc_id: str | None = None, from_index: int = 0) -> qe.Filter | None:
     must: list[Any] = []
     if doc_id is not None:
         must.append(qe.FieldCondition(DOC_ID, match=qe.MatchValue(doc_id)))

@@ -25,7 +25,7 @@ from ragline_retriever.store import (
     DOC_ID,
     METADATA,
     CollectionMeta,
-    Condition,
+    FieldMatch,
     PointIn,
     SearchQuery,
     Sparse,
@@ -89,7 +89,7 @@ async def store(qdrant: QdrantStandIn) -> AsyncIterator[ClientStore]:
 
 
 def query(
-    dense: list[float], sparse: Sparse | None, k: int = 3, conditions: list[Condition] | None = None
+    dense: list[float], sparse: Sparse | None, k: int = 3, conditions: list[FieldMatch] | None = None
 ) -> SearchQuery:
     return SearchQuery(dense, sparse, k, conditions or [], candidates=50, rrf_k=60)
 
@@ -153,16 +153,16 @@ async def test_dense_hybrid_and_filters(qdrant: QdrantStandIn, store: ClientStor
     assert request.query.rrf.k == 60 and request.limit == 2
     assert [p.limit for p in request.prefetch] == [50, 50]
 
-    async def docs(*conditions: Condition) -> set[str]:
+    async def docs(*conditions: FieldMatch) -> set[str]:
         hits = await store.search(query([0.5, 0.5, 0.5, 0.0], Sparse([10, 20, 30], [1.0, 1.0, 1.0]), 10, [*conditions]))
         return {h.payload[DOC_ID] for h in hits}
 
-    assert await docs(Condition(f"{METADATA}.topic", "equals", "food")) == {"bread"}
-    assert await docs(Condition(f"{METADATA}.topic", "any_of", ["food", "code"])) == {"bread", "rust"}
-    assert await docs(Condition(f"{METADATA}.year", "range", {"gte": 2020, "lt": 2023})) == {"rust"}
-    after = Condition(f"{METADATA}.published", "date_range", {"gte": "2021-01-01T00:00:00Z"})
+    assert await docs(FieldMatch(f"{METADATA}.topic", "equals", "food")) == {"bread"}
+    assert await docs(FieldMatch(f"{METADATA}.topic", "any_of", ["food", "code"])) == {"bread", "rust"}
+    assert await docs(FieldMatch(f"{METADATA}.year", "range", {"gte": 2020, "lt": 2023})) == {"rust"}
+    after = FieldMatch(f"{METADATA}.published", "date_range", {"gte": "2021-01-01T00:00:00Z"})
     assert await docs(after) == {"rust", "sea"}
-    assert await docs(after, Condition(f"{METADATA}.year", "equals", 2023)) == {"sea"}
+    assert await docs(after, FieldMatch(f"{METADATA}.year", "equals", 2023)) == {"sea"}
     # The filter travels in both prefetches, where Qdrant applies it before fusion.
     assert all(p.HasField("filter") for p in qdrant.requests("Query")[-1].prefetch)
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
+from google.protobuf import struct_pb2
 
+from ragline.retriever.v1 import retriever_pb2 as pb
 from ragline_common.errors import InvalidInput
-from ragline_retriever.filters import normalize_number, parse_conditions
-from ragline_retriever.store import CollectionMeta, Condition
+from ragline_retriever.filters import conditions_from_pb, normalize_number, parse_conditions
+from ragline_retriever.store import CollectionMeta, FieldMatch
 from ragline_retriever.store_client import to_filter as client_filter
 from ragline_retriever.store_edge import to_filter as edge_filter
 
@@ -27,12 +30,12 @@ def test_accepted_shapes() -> None:
         ]
     )
     assert got == [
-        Condition("metadata.topic", "equals", "code"),
-        Condition("metadata.year", "equals", 2021),
-        Condition("metadata.tags", "any_of", ["a", "b"]),
-        Condition("metadata.score", "range", {"gte": 0.5, "lt": 2}),
-        Condition("metadata.when", "date_range", {"gt": "2024-01-01T00:00:00Z"}),
-        Condition("metadata.a.b", "equals", True),
+        FieldMatch("metadata.topic", "equals", "code"),
+        FieldMatch("metadata.year", "equals", 2021),
+        FieldMatch("metadata.tags", "any_of", ["a", "b"]),
+        FieldMatch("metadata.score", "range", {"gte": 0.5, "lt": 2}),
+        FieldMatch("metadata.when", "date_range", {"gt": "2024-01-01T00:00:00Z"}),
+        FieldMatch("metadata.a.b", "equals", True),
     ]
     # Both stores translate every shape.
     assert edge_filter(got) is not None
@@ -44,8 +47,8 @@ def test_accepted_shapes() -> None:
     ("spec", "message"),
     [
         ({"key": "topic"}, "unknown filter shape"),
-        ({"key": "topic", "equals": "a", "any_of": ["a"]}, "unknown filter shape"),
-        ({"key": "topic", "near": [1, 2]}, "unknown filter shape"),
+        ({"key": "topic", "equals": "a", "any_of": ["a"]}, "multiple"),
+        ({"key": "topic", "near": [1, 2]}, 'no field named "near"'),
         ({"key": "bad key", "equals": "a"}, "key"),
         ({"key": "", "equals": "a"}, "key"),
         ({"key": "x", "equals": 1.5}, "fractional"),
@@ -53,11 +56,11 @@ def test_accepted_shapes() -> None:
         ({"key": "x", "any_of": []}, "list of 1"),
         ({"key": "x", "any_of": ["a", 1]}, "all strings or all integers"),
         ({"key": "x", "range": {}}, "at least one"),
-        ({"key": "x", "range": {"gte": "soon"}}, "expected a number"),
-        ({"key": "x", "range": {"above": 1}}, "unknown bound"),
+        ({"key": "x", "range": {"gte": "soon"}}, "parse float: soon at Filter.must.0..range.gte"),
+        ({"key": "x", "range": {"above": 1}}, 'no field named "above"'),
         ({"key": "x", "date_range": {"gt": "yesterday"}}, "RFC 3339"),
         ({"key": "x", "date_range": {"gt": "2024-01-01T00:00:00"}}, "time zone"),
-        ({"key": "x", "date_range": {"gt": 5}}, "RFC 3339"),
+        ({"key": "x", "date_range": {"gt": 5}}, "parse gt field"),
     ],
 )
 def test_rejected_shapes(spec: dict[str, Any], message: str) -> None:
@@ -81,3 +84,41 @@ def test_collection_meta_mismatch_names_the_field() -> None:
     assert reason is not None and "dimension" in reason and "768" in reason
     reason = meta.mismatch(CollectionMeta(384, "m", "r2"))
     assert reason is not None and "revision" in reason
+
+
+def _pb_filter(**condition: Any) -> pb.Filter:
+    return pb.Filter(must=[pb.FieldCondition(key="x", **condition)])
+
+
+def test_proto_filter_is_parsed_without_a_json_detour() -> None:
+    flt = pb.Filter(
+        must=[
+            pb.FieldCondition(key="year", equals=struct_pb2.Value(number_value=2021.0)),
+            pb.FieldCondition(key="tags", any_of=struct_pb2.ListValue(values=[struct_pb2.Value(string_value="a")])),
+            pb.FieldCondition(key="score", range=pb.Range(gte=0.5, lt=2.0)),
+            pb.FieldCondition(key="when", date_range=pb.DateRange(gt="2024-01-01T00:00:00Z")),
+        ]
+    )
+    assert conditions_from_pb(flt) == [
+        FieldMatch("metadata.year", "equals", 2021),
+        FieldMatch("metadata.tags", "any_of", ["a"]),
+        FieldMatch("metadata.score", "range", {"gte": 0.5, "lt": 2}),
+        FieldMatch("metadata.when", "date_range", {"gt": "2024-01-01T00:00:00Z"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flt", "message"),
+    [
+        (_pb_filter(equals=struct_pb2.Value(number_value=math.nan)), "not a finite number"),
+        (_pb_filter(equals=struct_pb2.Value(number_value=2.0**60)), r"outside ±2\^53"),
+        (_pb_filter(equals=struct_pb2.Value(null_value=0)), "got null"),
+        (_pb_filter(range=pb.Range(gt=math.inf)), "finite number"),
+        (_pb_filter(range=pb.Range()), "at least one"),
+        (pb.Filter(must=[pb.FieldCondition(key="x")]), "unknown filter shape"),
+        (pb.Filter(must=[pb.FieldCondition(key="a b", equals=struct_pb2.Value(bool_value=True))]), "key"),
+    ],
+)
+def test_proto_filter_rejections(flt: pb.Filter, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        conditions_from_pb(flt)
