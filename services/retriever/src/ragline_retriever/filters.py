@@ -115,7 +115,7 @@ def parse_json(data: Any, message: Any, where: str) -> Any:
     """JSON into a proto message with json_format; a wrong shape is the caller's error and names the field."""
     if not isinstance(data, dict):
         raise InvalidInput(f"{where}: expected a JSON object, got {type(data).__name__}")
-    check_exact_ints(data.get("filter") if where != "filter" else data, "filter")
+    check_exact_ints(data, where)
     try:
         return json_format.ParseDict(data, message)
     except json_format.ParseError as exc:

@@ -7,8 +7,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ragline_retriever.core import DocIn, Retriever
-from ragline_retriever.filters import normalize_number, parse_conditions
+from ragline.retriever.v1 import retriever_pb2 as pb
+from ragline_common.errors import InvalidInput
+from ragline_retriever.core import Retriever
+from ragline_retriever.filters import parse_json
+from ragline_retriever.servicer import MODE_ENUM, docs_from_pb, search_args
 
 
 class _Strict(BaseModel):
@@ -102,10 +105,36 @@ Core = Annotated[Retriever, Depends(get_core)]
 router = APIRouter()
 
 
-@router.post("/v1/search", response_model=SearchOut)
-async def search(body: SearchBody, core: Core) -> SearchOut:
-    specs = [c.model_dump(exclude_none=True) for c in body.filter.must] if body.filter else []
-    result = await core.search(body.query, body.k, parse_conditions(specs), body.mode)
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inline(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+        return {k: _inline(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, defs) for v in schema]
+    return schema
+
+
+def documented(model: type[BaseModel]) -> dict[str, Any]:
+    """The body's schema for OpenAPI only: the body itself is parsed by json_format into the proto request."""
+    schema = model.model_json_schema()
+    body = _inline(schema, schema.get("$defs", {}))
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError as exc:
+        raise InvalidInput(f"request body is not JSON: {exc}") from None
+
+
+@router.post("/v1/search", response_model=SearchOut, openapi_extra=documented(SearchBody))
+async def search(request: Request, core: Core) -> SearchOut:
+    data = await _json(request)
+    if isinstance(data, dict) and isinstance(data.get("mode"), str) and data["mode"] in MODE_ENUM:
+        data = {**data, "mode": pb.SearchMode.Name(MODE_ENUM[data["mode"]])}
+    result = await core.search(*search_args(parse_json(data, pb.SearchRequest(), "search")))
     return SearchOut(
         hits=[HitOut(**h.__dict__) for h in result.hits],
         timings={
@@ -116,10 +145,10 @@ async def search(body: SearchBody, core: Core) -> SearchOut:
     )
 
 
-@router.post("/v1/documents", response_model=UpsertOut)
-async def upsert(body: UpsertBody, core: Core) -> UpsertOut:
-    docs = [DocIn(d.id, d.text, normalize_number(d.metadata)) for d in body.documents]
-    outcomes = await core.upsert(docs)
+@router.post("/v1/documents", response_model=UpsertOut, openapi_extra=documented(UpsertBody))
+async def upsert(request: Request, core: Core) -> UpsertOut:
+    body = parse_json(await _json(request), pb.UpsertRequest(), "documents")
+    outcomes = await core.upsert(docs_from_pb(body))
     return UpsertOut(results=[UpsertResultOut(**o.__dict__) for o in outcomes])
 
 

@@ -11,6 +11,7 @@ from ragline.retriever.v1 import retriever_pb2 as pb
 from ragline_common.errors import InvalidInput
 from ragline_retriever.core import DocIn, Retriever
 from ragline_retriever.filters import conditions_from_pb, normalize_number
+from ragline_retriever.store import FieldMatch
 
 MODES = {pb.SEARCH_MODE_UNSPECIFIED: None, pb.SEARCH_MODE_DENSE: "dense", pb.SEARCH_MODE_HYBRID: "hybrid"}
 MODE_ENUM = {"dense": pb.SEARCH_MODE_DENSE, "hybrid": pb.SEARCH_MODE_HYBRID}
@@ -37,16 +38,26 @@ def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return out
 
 
+def search_args(request: pb.SearchRequest) -> tuple[str, int, list[FieldMatch], str | None]:
+    """The core's search arguments from the proto request: gRPC and the debug routes both come through here."""
+    if request.mode not in MODES:
+        raise InvalidInput(f"mode {request.mode} is not a SearchMode")
+    return request.query, request.k, conditions_from_pb(request.filter), MODES[request.mode]
+
+
+def docs_from_pb(request: pb.UpsertRequest) -> list[DocIn]:
+    return [
+        DocIn(d.id, d.text, normalize_number(struct_dict(d.metadata, f"documents[{i}].metadata")))
+        for i, d in enumerate(request.documents)
+    ]
+
+
 class RetrieverServicer:
     def __init__(self, core: Retriever) -> None:
         self.core = core
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        if request.mode not in MODES:
-            raise InvalidInput(f"mode {request.mode} is not a SearchMode")
-        result = await self.core.search(
-            request.query, request.k, conditions_from_pb(request.filter), MODES[request.mode]
-        )
+        result = await self.core.search(*search_args(request))
         return pb.SearchResponse(
             hits=[
                 pb.Hit(
@@ -68,11 +79,7 @@ class RetrieverServicer:
         )
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
-        docs = [
-            DocIn(d.id, d.text, normalize_number(struct_dict(d.metadata, f"documents[{i}].metadata")))
-            for i, d in enumerate(request.documents)
-        ]
-        outcomes = await self.core.upsert(docs)
+        outcomes = await self.core.upsert(docs_from_pb(request))
         return pb.UpsertResponse(
             results=[
                 pb.UpsertResult(
