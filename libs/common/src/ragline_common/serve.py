@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import uvicorn
@@ -21,9 +21,11 @@ from fastapi import FastAPI
 from ragline_common import tracing
 from ragline_common.grpc_client import MAX_MESSAGE_BYTES
 from ragline_common.health import Readiness, add_health_to_server
-from ragline_common.settings import ServiceSettings
+from ragline_common.logs import configure_logging
+from ragline_common.settings import ReleaseSettings, ServiceSettings, load_settings
 
 log = logging.getLogger(__name__)
+S = TypeVar("S", bound=ServiceSettings)
 
 
 class PortInUse(RuntimeError):
@@ -213,3 +215,12 @@ def main(build: Callable[[], Service]) -> None:
         raise SystemExit(3) from None
     except StartupFailed:
         raise SystemExit(1) from None
+
+
+def run_service(name: str, settings_cls: type[S], build: Callable[[S, ReleaseSettings], Service]) -> None:
+    """Every service's `main()`: settings → release → logging → tracing → serve, in that order."""
+    settings = load_settings(settings_cls)
+    release = load_settings(ReleaseSettings)
+    configure_logging(name, settings.log_level, release.release)
+    tracing.configure_tracing(name, release.release)
+    main(lambda: build(settings, release))

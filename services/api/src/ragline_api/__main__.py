@@ -21,12 +21,9 @@ from ragline_api.settings import ApiSettings
 from ragline_common.admission import AdmissionController, GradientLimit, GradientParams
 from ragline_common.health import Readiness
 from ragline_common.http import create_app
-from ragline_common.logs import configure_logging
 from ragline_common.metrics import RequestMetrics
-from ragline_common.serve import Service
-from ragline_common.serve import main as serve_main
+from ragline_common.serve import Service, run_service
 from ragline_common.settings import ReleaseSettings, load_settings
-from ragline_common.tracing import configure_tracing
 
 log = logging.getLogger("ragline_api")
 
@@ -100,11 +97,7 @@ def build(settings: ApiSettings, release: ReleaseSettings | None = None) -> Serv
 
 
 def main() -> None:
-    settings = load_settings(ApiSettings)
-    release = load_settings(ReleaseSettings)
-    configure_logging("api", settings.log_level, release.release)
-    configure_tracing("api", release.release)
-    serve_main(lambda: build(settings, release))
+    run_service("api", ApiSettings, build)
 
 
 if __name__ == "__main__":

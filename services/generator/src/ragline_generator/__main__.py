@@ -10,12 +10,9 @@ from ragline.generator.v1 import generator_pb2
 from ragline_common.grpc_server import add_servicer
 from ragline_common.health import Readiness
 from ragline_common.http import create_app
-from ragline_common.logs import configure_logging
 from ragline_common.metrics import RequestMetrics
-from ragline_common.serve import Service
-from ragline_common.serve import main as serve_main
-from ragline_common.settings import ReleaseSettings, effective_threads, load_settings
-from ragline_common.tracing import configure_tracing
+from ragline_common.serve import Service, run_service
+from ragline_common.settings import effective_threads
 from ragline_generator import __version__
 from ragline_generator.core import Generator
 from ragline_generator.engines.base import Engine
@@ -92,11 +89,7 @@ def build(settings: GeneratorSettings, engine: Engine | None = None) -> Service:
 
 
 def main() -> None:
-    settings = load_settings(GeneratorSettings)
-    release = load_settings(ReleaseSettings)
-    configure_logging("generator", settings.log_level, release.release)
-    configure_tracing("generator", release.release)
-    serve_main(lambda: build(settings))
+    run_service("generator", GeneratorSettings, lambda s, _: build(s))
 
 
 if __name__ == "__main__":

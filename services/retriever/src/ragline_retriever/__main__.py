@@ -11,12 +11,9 @@ from ragline.retriever.v1 import retriever_pb2
 from ragline_common.grpc_server import add_servicer
 from ragline_common.health import Readiness
 from ragline_common.http import create_app
-from ragline_common.logs import configure_logging
 from ragline_common.metrics import RequestMetrics
-from ragline_common.serve import Service
-from ragline_common.serve import main as serve_main
-from ragline_common.settings import ReleaseSettings, effective_threads, load_settings
-from ragline_common.tracing import configure_tracing
+from ragline_common.serve import Service, run_service
+from ragline_common.settings import effective_threads
 from ragline_retriever import __version__
 from ragline_retriever.chunking import Chunker
 from ragline_retriever.clients import EmbedderClient
@@ -77,11 +74,7 @@ def build(settings: RetrieverSettings) -> Service:
 
 
 def main() -> None:
-    settings = load_settings(RetrieverSettings)
-    release = load_settings(ReleaseSettings)
-    configure_logging("retriever", settings.log_level, release.release)
-    configure_tracing("retriever", release.release)
-    serve_main(lambda: build(settings))
+    run_service("retriever", RetrieverSettings, lambda s, _: build(s))
 
 
 if __name__ == "__main__":
