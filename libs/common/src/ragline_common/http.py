@@ -186,6 +186,13 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return "; ".join(parts) or "invalid request", param
 
 
+async def get_core(request: Request) -> Any:
+    """The service's core, for `Annotated[CoreType, Depends(get_core)]` in each service's routes.
+
+    async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request."""
+    return request.app.state.core
+
+
 def create_app(
     *, service: str, version: str, readiness: Readiness, metrics: RequestMetrics, **fastapi_kwargs: Any
 ) -> FastAPI:

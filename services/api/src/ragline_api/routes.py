@@ -7,25 +7,20 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPBearer
 
 from ragline_api import schemas as s
 from ragline_api.core import Prepared, QueryPipeline
 from ragline_common.errors import RaglineError
-from ragline_common.http import FieldError
+from ragline_common.http import FieldError, get_core
 from ragline_common.limits import MAX_K, doc_id_problem, k_problem
 
 log = logging.getLogger(__name__)
 
 # Documents the Bearer scheme in OpenAPI; the edge middleware does the checking before routing.
 bearer = HTTPBearer(auto_error=False, description="An API key from API_KEYS / API_KEYS_FILE.")
-
-
-async def get_core(request: Request) -> QueryPipeline:
-    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request.
-    return request.app.state.core  # type: ignore[no-any-return]
 
 
 Core = Annotated[QueryPipeline, Depends(get_core)]

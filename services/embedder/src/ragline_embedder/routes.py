@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from ragline_common.errors import InvalidInput, Unavailable
+from ragline_common.http import get_core
 from ragline_embedder.core import Embedder, EmbedResult, ModelInfo
 
 
@@ -81,11 +82,6 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-async def get_core(request: Request) -> Embedder:
-    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request.
-    return request.app.state.core  # type: ignore[no-any-return]
 
 
 Core = Annotated[Embedder, Depends(get_core)]

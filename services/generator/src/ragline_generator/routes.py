@@ -16,7 +16,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ragline_common.errors import Cancelled, InvalidInput, RaglineError
-from ragline_common.http import error_body
+from ragline_common.http import error_body, get_core
 from ragline_generator.core import Final, GenerateInput, Generation, Generator, Result
 from ragline_generator.engines.base import Message
 from ragline_generator.prompt import Chunk
@@ -70,10 +70,6 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-def get_core(request: Request) -> Generator:
-    return request.app.state.core  # type: ignore[no-any-return]
 
 
 Core = Annotated[Generator, Depends(get_core)]

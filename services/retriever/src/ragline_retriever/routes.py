@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ragline.retriever.v1 import retriever_pb2 as pb
 from ragline_common.errors import InvalidInput
+from ragline_common.http import get_core
 from ragline_retriever.core import Retriever
 from ragline_retriever.filters import parse_json
 from ragline_retriever.servicer import MODE_ENUM, docs_from_pb, search_args
@@ -94,10 +95,6 @@ class DocumentOut(BaseModel):
     metadata: dict[str, Any]
     content_hash: str
     chunks: list[ChunkOut]
-
-
-def get_core(request: Request) -> Retriever:
-    return request.app.state.core  # type: ignore[no-any-return]
 
 
 Core = Annotated[Retriever, Depends(get_core)]
