@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from ragline_api.core import QueryPipeline
 from ragline_common.errors import NotFound, RaglineError
 from ragline_common.http import FieldError
+from ragline_common.openai import ModelCard
 
 RAG_MODEL = "ragline"
 Kind = Literal["rag", "llm", "embedding"]
@@ -51,15 +52,14 @@ def lookup(models: dict[str, Kind], model: str) -> tuple[str, Kind] | None:
     return found[0] if len(found) == 1 else None
 
 
-def card(core: QueryPipeline, model: str, kind: Kind) -> dict[str, Any]:
-    return {
-        "id": model,
-        "object": "model",
-        "created": core.started,
-        "owned_by": "ragline",
-        "ragline_kind": kind,
-        "description": DESCRIPTIONS[kind],
-    }
+class ApiModelCard(ModelCard):
+    created: int
+    ragline_kind: Kind
+    description: str
+
+
+def card(core: QueryPipeline, model: str, kind: Kind) -> ApiModelCard:
+    return ApiModelCard(id=model, created=core.started, ragline_kind=kind, description=DESCRIPTIONS[kind])
 
 
 async def resolve(core: QueryPipeline, model: str | None, wanted: tuple[Kind, ...]) -> Kind:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Path, Response
 from fastapi.responses import StreamingResponse
 
 from ragline_api import schemas as s
-from ragline_api.models import RAG_MODEL, ModelNotFound, card, known_models, lookup, resolve
+from ragline_api.models import RAG_MODEL, ApiModelCard, ModelNotFound, card, known_models, lookup, resolve
 from ragline_api.openai_schemas import ChatRequest, CompletionRequest, EmbeddingsRequest
 from ragline_api.routes import (
     SSE_HEADERS,
@@ -30,6 +30,7 @@ from ragline_api.routes import (
 )
 from ragline_api.routes import stream_error as error_event
 from ragline_common.http import FieldError
+from ragline_common.openai import ModelList
 
 router = APIRouter(prefix="/v1", responses=s.ERRORS, dependencies=[Depends(bearer)])
 
@@ -193,13 +194,13 @@ async def embeddings(body: EmbeddingsRequest, core: Core) -> dict[str, Any]:
 
 
 @router.get("/models", summary="OpenAI-compatible model list; `ragline_kind` says rag, llm or embedding")
-async def models(core: Core) -> dict[str, Any]:
+async def models(core: Core) -> ModelList[ApiModelCard]:
     core.begin()
-    return {"object": "list", "data": [card(core, m, kind) for m, kind in (await known_models(core)).items()]}
+    return ModelList[ApiModelCard](data=[card(core, m, kind) for m, kind in (await known_models(core)).items()])
 
 
 @router.get("/models/{model:path}", summary="One model of /v1/models (404 model_not_found when unknown)")
-async def model(core: Core, model: str = Path(max_length=256)) -> dict[str, Any]:
+async def model(core: Core, model: str = Path(max_length=256)) -> ApiModelCard:
     core.begin()
     found = lookup(await known_models(core), model) or ((model, "rag") if model == RAG_MODEL else None)
     if found is None:

@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from ragline_common.errors import InvalidInput, Unavailable
 from ragline_common.http import get_core
+from ragline_common.openai import ModelCard, ModelList
 from ragline_embedder.core import Embedder, EmbedResult, ModelInfo
 
 
@@ -70,18 +71,10 @@ class EmbeddingsResponse(BaseModel):
     usage: Usage
 
 
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    owned_by: str = "ragline"
+class EmbeddingModelCard(ModelCard):
     revision: str
     dimension: int
     max_seq_length: int
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
 
 
 Core = Annotated[Embedder, Depends(get_core)]
@@ -167,14 +160,14 @@ async def embeddings(request: Request, core: Core) -> Response:
     return Response(render(result, info.model, body.encoding_format), media_type="application/json", headers=headers)
 
 
-@router.get("/v1/models", response_model=ModelList)
-async def models(core: Core) -> ModelList:
+@router.get("/v1/models", response_model=ModelList[EmbeddingModelCard])
+async def models(core: Core) -> ModelList[EmbeddingModelCard]:
     info = core.info
     if info is None:
         raise Unavailable("the embedding model is still loading")
-    return ModelList(
+    return ModelList[EmbeddingModelCard](
         data=[
-            ModelCard(
+            EmbeddingModelCard(
                 id=info.model, revision=info.revision, dimension=info.dimension, max_seq_length=info.max_seq_length
             )
         ]

@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from ragline_common.errors import Cancelled, InvalidInput, RaglineError
 from ragline_common.http import error_body, get_core
+from ragline_common.openai import ModelCard, ModelList
 from ragline_generator.core import Final, GenerateInput, Generation, Generator, Result
 from ragline_generator.engines.base import Message
 from ragline_generator.prompt import Chunk
@@ -56,20 +57,12 @@ class CompletionRequest(SamplingIn):
     prompt: str = Field(min_length=1)
 
 
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    owned_by: str = "ragline"
+class GeneratorModelCard(ModelCard):
     engine: str
     revision: str
     context_window: int
     max_tokens_cap: int
     prompt_version: str
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
 
 
 Core = Annotated[Generator, Depends(get_core)]
@@ -256,12 +249,12 @@ def _json(content: dict[str, Any], final: Final) -> JSONResponse:
     return JSONResponse(content, headers={"Server-Timing": _server_timing(final)})
 
 
-@router.get("/v1/models", response_model=ModelList)
-async def models(core: Core) -> ModelList:
+@router.get("/v1/models", response_model=ModelList[GeneratorModelCard])
+async def models(core: Core) -> ModelList[GeneratorModelCard]:
     i = core.info
-    return ModelList(
+    return ModelList[GeneratorModelCard](
         data=[
-            ModelCard(
+            GeneratorModelCard(
                 id=i.model,
                 engine=i.engine,
                 revision=i.revision,
