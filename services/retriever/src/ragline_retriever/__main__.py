@@ -22,7 +22,7 @@ from ragline_retriever.metrics import RetrieverMetrics
 from ragline_retriever.routes import router
 from ragline_retriever.servicer import RetrieverServicer
 from ragline_retriever.settings import RetrieverSettings
-from ragline_retriever.store import open_store
+from ragline_retriever.store import open_sparse_encoder, open_store
 
 SERVICE = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"]
 
@@ -43,7 +43,9 @@ def build(settings: RetrieverSettings) -> Service:
     )
     embedder = EmbedderClient(settings.embedder_addr, settings.embedder_timeout_seconds)
     chunker = Chunker(settings.chunk_tokens, settings.chunk_overlap_tokens)
-    core = Retriever(settings, store, embedder, chunker, RetrieverMetrics(registry), readiness)
+    core = Retriever(
+        settings, store, embedder, chunker, RetrieverMetrics(registry), readiness, sparse=open_sparse_encoder()
+    )
     app = create_app(service="retriever", version=__version__, readiness=readiness, metrics=metrics)
     app.state.core = core
     app.include_router(router)

@@ -9,8 +9,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import qdrant_edge as qe
-
 from ragline.embedder.v1 import embedder_pb2 as epb
 from ragline_common.errors import InvalidInput, NotFound, Overloaded, RaglineError, TooLarge, Unavailable
 from ragline_common.health import Readiness
@@ -29,9 +27,10 @@ from ragline_retriever.store import (
     FieldMatch,
     PointIn,
     SearchQuery,
-    Sparse,
+    SparseEncoder,
     Store,
     StoredPoint,
+    open_sparse_encoder,
 )
 
 log = logging.getLogger(__name__)
@@ -119,6 +118,7 @@ class Retriever:
         chunker: Chunker,
         metrics: RetrieverMetrics,
         readiness: Readiness,
+        sparse: SparseEncoder | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -126,7 +126,7 @@ class Retriever:
         self.chunker = chunker
         self.metrics = metrics
         self.readiness = readiness
-        self.bm25 = qe.Bm25()
+        self.sparse = sparse or open_sparse_encoder()
         self.embedder_info: epb.InfoResponse | None = None
         self.meta: CollectionMeta | None = None
         self._ready = False
@@ -206,9 +206,8 @@ class Retriever:
             embedded = time.perf_counter()
             sparse = None
             if mode == "hybrid":
-                vec = self.bm25.embed_query(query)
-                # A query of stop words only has no lexical part: dense alone answers it.
-                sparse = Sparse(list(vec.indices), list(vec.values)) if vec.indices else None
+                # A query of stop words only has no lexical part (None): dense alone answers it.
+                sparse = self.sparse.encode_query(query)
             found = await self.store.search(
                 SearchQuery(dense, sparse, k, conditions, max(s.hybrid_candidates, k), s.rrf_k)
             )
@@ -345,7 +344,6 @@ class Retriever:
             return _deleted(plan)
         points = []
         for c, vec in zip(plan.chunks, plan.vectors, strict=True):
-            sv = self.bm25.embed_document(c.text)
             payload: dict[str, Any] = {
                 DOC_ID: doc.id,
                 CHUNK_INDEX: c.index,
@@ -358,7 +356,7 @@ class Retriever:
             }
             if c.index == 0:
                 payload[DOC_TEXT] = doc.text
-            points.append(PointIn(chunk_id(doc.id, c.index), vec, Sparse(list(sv.indices), list(sv.values)), payload))
+            points.append(PointIn(chunk_id(doc.id, c.index), vec, self.sparse.encode_document(c.text), payload))
         # Chunk 0 last: it carries the text and content hash, so until the whole document is written a Get or a
         # re-ingest still sees the earlier version (or none) and a crash mid-write is repaired by the next ingest.
         points = points[1:] + points[:1]

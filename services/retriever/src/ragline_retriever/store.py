@@ -123,6 +123,35 @@ class Sidecar:
         os.replace(tmp, self.path)
 
 
+class SparseEncoder(Protocol):
+    """Text to the sparse (BM25) vector the hybrid search fuses with the dense one."""
+
+    def encode_query(self, text: str) -> Sparse | None: ...
+
+    def encode_document(self, text: str) -> Sparse: ...
+
+
+class EdgeBm25:
+    """The Qdrant edge engine's BM25, whatever store holds the vectors."""
+
+    def __init__(self) -> None:
+        import qdrant_edge as qe
+
+        self._bm25 = qe.Bm25()
+
+    def encode_query(self, text: str) -> Sparse | None:
+        vec = self._bm25.embed_query(text)
+        return Sparse(list(vec.indices), list(vec.values)) if vec.indices else None
+
+    def encode_document(self, text: str) -> Sparse:
+        vec = self._bm25.embed_document(text)
+        return Sparse(list(vec.indices), list(vec.values))
+
+
+def open_sparse_encoder() -> SparseEncoder:
+    return EdgeBm25()
+
+
 def open_store(
     *,
     qdrant_url: str,

@@ -122,3 +122,15 @@ def test_proto_filter_is_parsed_without_a_json_detour() -> None:
 def test_proto_filter_rejections(flt: pb.Filter, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         conditions_from_pb(flt)
+
+
+def test_core_depends_on_the_store_seam_not_an_engine() -> None:
+    import ast
+    import inspect
+
+    from ragline_retriever import core
+
+    tree = ast.parse(inspect.getsource(core))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported if m.startswith(("qdrant", "ragline_retriever.store_"))}
