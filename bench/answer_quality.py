@@ -156,6 +156,11 @@ def markers(answer: str) -> list[int]:
     return [int(n) for group in MARKER.findall(answer) for n in group.split(",")]
 
 
+def echoes(answer: str, instructions: str) -> bool:
+    """Whether the answer recites the start of the instructions (the first 60 characters)."""
+    return normalize(instructions)[:60] in normalize(answer)
+
+
 def degenerate(answer: str, finish: str) -> bool:
     return has_loop(answer, 4, 3) or (finish == "length" and has_loop(answer, 4, 2))
 
@@ -217,11 +222,13 @@ async def answer_all(cfg: Config, questions: list[Question], passages: dict[str,
         repeat_penalty=cfg.repeat_penalty,
     )
     metrics = GeneratorMetrics(CollectorRegistry())
-    core = Generator(settings, engine, metrics, RagTemplate.load(cfg.template))
+    template = RagTemplate.load(cfg.template)
+    core = Generator(settings, engine, metrics, template)
     await core.load()
     load_before = os.getloadavg()
 
-    async def ask(question: str, chunks: list[dict], seed: int) -> tuple[str, Any]:
+    async def ask(question: str, chunks: list[dict], seed: int) -> tuple[str, Any, int, float, float]:
+        """The answer, its Final, the passages kept, and CPU seconds (all threads) to the first text and the end."""
         if cfg.prefix == "off":  # forget the previous prompt: the whole prompt is evaluated again
             await asyncio.get_running_loop().run_in_executor(engine._executor, engine._llm.reset)
         req = GenerateInput(
@@ -230,17 +237,29 @@ async def answer_all(cfg: Config, questions: list[Question], passages: dict[str,
             top_p=cfg.top_p,
             seed=seed,
         )
-        result = await core.generate(req)
-        return result.text, result
+        # CPU seconds do not depend on what else the shared host runs: on an idle host with `threads` cores,
+        # wall time is about cpu / threads (prompt evaluation parallelises well).
+        cpu0 = time.process_time()
+        cpu_first = None
+        gen = await core.start(req)
+        parts: list[str] = []
+        final = None
+        async for delta in gen.events():
+            if delta.text and cpu_first is None:
+                cpu_first = time.process_time()
+            parts.append(delta.text)
+            final = delta.final or final
+        cpu_end = time.process_time()
+        return "".join(parts), final, len(gen.context_used), (cpu_first or cpu_end) - cpu0, cpu_end - cpu0
 
     try:
         # Pages the weights in and computes the template's fixed prefix, as a running generator has.
-        _, warm = await ask(WARMUP, [{"doc_id": "warmup", "text": "A passage that only warms the prompt."}], 0)
+        _, warm, _, _, _ = await ask(WARMUP, [{"doc_id": "warmup", "text": "A passage that only warms the prompt."}], 0)
         rows = []
         for i, q in enumerate(questions):
             loops = metrics.loops_stopped._value.get()
-            text, r = await ask(q.question, passages[q.id], i)
-            chunks = passages[q.id][: len(r.context_used)]
+            text, final, used, cpu_ttft, cpu_total = await ask(q.question, passages[q.id], i)
+            chunks = passages[q.id][:used]
             doc = f"{q.corpus}/{q.doc}"
             cited = [n for n in markers(text) if 1 <= n <= len(chunks)]
             rows.append(
@@ -248,19 +267,23 @@ async def answer_all(cfg: Config, questions: list[Question], passages: dict[str,
                     "id": q.id,
                     "corpus": q.corpus,
                     "answer": text,
-                    "finish": r.final.finish_reason,
+                    "finish": final.finish_reason,
                     "fact": has_fact(text, q) if q.answerable else None,
                     "fact_in_passages": any(has_fact(c["text"], q) for c in chunks) if q.answerable else None,
                     "doc_rank": next((j + 1 for j, c in enumerate(chunks) if c["doc_id"] == doc), None),
                     "markers": markers(text),
                     "cited_fact": any(has_fact(chunks[n - 1]["text"], q) for n in cited) if q.answerable else None,
                     "refused": bool(REFUSAL.search(text)),
-                    "degenerate": degenerate(text, r.final.finish_reason),
+                    # A model that recites its instructions can score facts, markers and refusals by accident.
+                    "echoes_prompt": echoes(text, template.system),
+                    "degenerate": degenerate(text, final.finish_reason),
                     "loop_stopped": metrics.loops_stopped._value.get() > loops,
-                    "prompt_tokens": r.final.prompt_tokens,
-                    "completion_tokens": r.final.completion_tokens,
-                    "ttft_seconds": round(r.final.time_to_first_token_seconds, 3),
-                    "total_seconds": round(r.final.total_seconds, 3),
+                    "prompt_tokens": final.prompt_tokens,
+                    "completion_tokens": final.completion_tokens,
+                    "ttft_seconds": round(final.time_to_first_token_seconds, 3),
+                    "total_seconds": round(final.total_seconds, 3),
+                    "ttft_cpu_seconds": round(cpu_ttft, 3),
+                    "total_cpu_seconds": round(cpu_total, 3),
                 }
             )
             row = rows[-1]
@@ -273,7 +296,7 @@ async def answer_all(cfg: Config, questions: list[Question], passages: dict[str,
         "config": asdict(cfg),
         "model_file": Path(model_path(cfg.model)).name,
         "host_load_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "cold_ttft_seconds": round(warm.final.time_to_first_token_seconds, 3),
+        "cold_ttft_seconds": round(warm.time_to_first_token_seconds, 3),
         "metrics": summarize(rows),
         "answers": rows,
     }
@@ -297,12 +320,15 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
         "any_marker_rate": round(sum(bool(r["markers"]) for r in ans) / len(ans), 3) if ans else float("nan"),
         "degenerate_rate": rate(rows, "degenerate"),
         "loops_stopped": sum(r["loop_stopped"] for r in rows),
+        "prompt_echo_rate": rate(rows, "echoes_prompt"),
         "refusal_rate_absent": rate(absent, "refused"),
         "false_refusal_rate": rate(ans, "refused"),
         "ttft_p50_seconds": round(statistics.median(ttft), 3),
         "ttft_p95_seconds": round(percentile(ttft, 0.95), 3),
         "total_p50_seconds": round(statistics.median(total), 3),
         "total_p95_seconds": round(percentile(total, 0.95), 3),
+        "ttft_cpu_p50_seconds": round(statistics.median(r["ttft_cpu_seconds"] for r in rows), 3),
+        "total_cpu_p50_seconds": round(statistics.median(r["total_cpu_seconds"] for r in rows), 3),
         "prompt_tokens_mean": round(statistics.mean(r["prompt_tokens"] for r in rows)),
         "completion_tokens_mean": round(statistics.mean(r["completion_tokens"] for r in rows)),
     }
@@ -316,6 +342,7 @@ COLUMNS = [
     ("degenerate_rate", "degenerate"),
     ("citation_rate", "cites fact"),
     ("refusal_rate_absent", "refuses absent"),
+    ("prompt_echo_rate", "echoes prompt"),
     ("false_refusal_rate", "refuses answerable"),
     ("ttft_p50_seconds", "TTFT p50 s"),
     ("ttft_p95_seconds", "TTFT p95 s"),
@@ -338,7 +365,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for c in result["configs"]:
         m = c["metrics"]
-        cells = " | ".join(str(m[key]) for key, _ in COLUMNS)
+        cells = " | ".join(str(m.get(key, "–")) for key, _ in COLUMNS)
         load = "→".join(str(x) for x in c["host_load_1m"])
         lines.append(f"| {c['name']} | {c['model_file']} | {cells} | {load} |")
     return "\n".join(lines) + "\n"
