@@ -39,7 +39,7 @@ from ragline.retriever.v1 import retriever_pb2_grpc
 from ragline_retriever.chunking import chunk_id
 from ragline_retriever.store import CollectionMeta, PointIn, SearchQuery, Sidecar, Sparse, Store
 from ragline_retriever.store_client import ClientStore
-from ragline_retriever.store_edge import EdgeStore
+from ragline_retriever.store_qdrant_edge import EdgeStore
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "results" / "retriever_bench.json"

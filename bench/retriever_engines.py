@@ -21,7 +21,7 @@ import numpy as np
 
 from ragline_retriever.store import CollectionMeta, PointIn, SearchQuery, Sidecar, Sparse, Store
 from ragline_retriever.store_client import ClientStore
-from ragline_retriever.store_edge import EdgeStore
+from ragline_retriever.store_qdrant_edge import EdgeStore
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "results" / "retriever_engines.json"

@@ -68,7 +68,7 @@ class Hit:
 
 
 @dataclass(frozen=True)
-class SearchResult:
+class RankedHits:
     hits: list[Hit]
     embed_seconds: float
     search_seconds: float
@@ -189,7 +189,7 @@ class Retriever:
 
     # ---- search ----------------------------------------------------------------------------------------------
 
-    async def search(self, query: str, k: int, conditions: list[FieldMatch], mode: str | None = None) -> SearchResult:
+    async def search(self, query: str, k: int, conditions: list[FieldMatch], mode: str | None = None) -> RankedHits:
         s = self.settings
         if not query or not query.strip():
             raise InvalidInput("query is empty; give some text to search for")
@@ -225,7 +225,7 @@ class Retriever:
             )
             for p in found
         ]
-        return SearchResult(hits, embedded - started, done - embedded, done - started)
+        return RankedHits(hits, embedded - started, done - embedded, done - started)
 
     async def _embed(self, texts: list[str], purpose: str) -> list[list[float]]:
         started = time.perf_counter()

@@ -89,7 +89,7 @@ class ChunkOut(BaseModel):
     end: int
 
 
-class DocumentOut(BaseModel):
+class StoredDocumentOut(BaseModel):
     id: str
     text: str
     metadata: dict[str, Any]
@@ -149,10 +149,10 @@ async def upsert(request: Request, core: Core) -> UpsertOut:
     return UpsertOut(results=[UpsertResultOut(**o.__dict__) for o in outcomes])
 
 
-@router.get("/v1/documents/{doc_id:path}", response_model=DocumentOut)
-async def get_document(doc_id: str, core: Core) -> DocumentOut:
+@router.get("/v1/documents/{doc_id:path}", response_model=StoredDocumentOut)
+async def get_document(doc_id: str, core: Core) -> StoredDocumentOut:
     doc = await core.get(doc_id)
-    return DocumentOut(
+    return StoredDocumentOut(
         id=doc.id,
         text=doc.text,
         metadata=doc.metadata,

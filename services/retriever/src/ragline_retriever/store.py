@@ -174,6 +174,6 @@ def open_store(
         return ClientStore(
             collection, path=str(root / "local"), sidecar=Sidecar(root / f"{collection}.local.meta.json")
         )
-    from ragline_retriever.store_edge import EdgeStore
+    from ragline_retriever.store_qdrant_edge import EdgeStore
 
     return EdgeStore(root / "edge" / collection, Sidecar(root / f"{collection}.edge.meta.json"), threads=threads)

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from ragline_common.health import Readiness
 from ragline_common.http import create_app
 from ragline_common.metrics import RequestMetrics
-from ragline_retriever.core import DocIn, SearchResult, UpsertOutcome
+from ragline_retriever.core import DocIn, RankedHits, UpsertOutcome
 from ragline_retriever.routes import router
 from ragline_retriever.store import FieldMatch
 
@@ -23,9 +23,9 @@ class FakeCore:
         self.searches: list[tuple[Any, ...]] = []
         self.upserts: list[list[DocIn]] = []
 
-    async def search(self, query: str, k: int, conditions: list[FieldMatch], mode: str | None) -> SearchResult:
+    async def search(self, query: str, k: int, conditions: list[FieldMatch], mode: str | None) -> RankedHits:
         self.searches.append((query, k, conditions, mode))
-        return SearchResult([], 0.0, 0.0, 0.0)
+        return RankedHits([], 0.0, 0.0, 0.0)
 
     async def upsert(self, docs: list[DocIn]) -> list[UpsertOutcome]:
         self.upserts.append(docs)

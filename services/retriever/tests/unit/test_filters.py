@@ -13,7 +13,7 @@ from ragline_common.errors import InvalidInput
 from ragline_retriever.filters import conditions_from_pb, normalize_number, parse_conditions
 from ragline_retriever.store import CollectionMeta, FieldMatch
 from ragline_retriever.store_client import to_filter as client_filter
-from ragline_retriever.store_edge import to_filter as edge_filter
+from ragline_retriever.store_qdrant_edge import to_filter as edge_filter
 
 pytestmark = pytest.mark.unit
 
