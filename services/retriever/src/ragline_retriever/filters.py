@@ -111,11 +111,23 @@ def check_exact_ints(data: Any, where: str) -> None:
             check_exact_ints(v, f"{where}[{i}]")
 
 
+def _drop_nulls(flt: Any) -> Any:
+    """A condition's null kinds mean "not given" (as pydantic dumps them); json_format would read a null Value."""
+    if isinstance(flt, dict) and isinstance(flt.get("must"), list):
+        must = [{k: v for k, v in c.items() if v is not None} if isinstance(c, dict) else c for c in flt["must"]]
+        return {**flt, "must": must}
+    return flt
+
+
 def parse_json(data: Any, message: Any, where: str) -> Any:
     """JSON into a proto message with json_format; a wrong shape is the caller's error and names the field."""
     if not isinstance(data, dict):
         raise InvalidInput(f"{where}: expected a JSON object, got {type(data).__name__}")
     check_exact_ints(data, where)
+    if where == "filter":
+        data = _drop_nulls(data)
+    elif isinstance(data.get("filter"), dict):
+        data = {**data, "filter": _drop_nulls(data["filter"])}
     try:
         return json_format.ParseDict(data, message)
     except json_format.ParseError as exc:

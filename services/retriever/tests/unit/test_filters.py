@@ -134,3 +134,8 @@ def test_core_depends_on_the_store_seam_not_an_engine() -> None:
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not {m for m in imported if m.startswith(("qdrant", "ragline_retriever.store_"))}
+
+
+def test_null_kinds_are_not_given() -> None:
+    spec = {"key": "a", "equals": None, "any_of": ["x"], "range": None, "date_range": None}
+    assert parse_conditions([spec]) == [FieldMatch("metadata.a", "any_of", ["x"])]
