@@ -16,7 +16,7 @@ from ragline.embedder.v1 import embedder_pb2 as epb
 from ragline_api import __version__
 from ragline_api.core import Prepared, QueryPipeline, SearchResult, StageTimes
 from ragline_api.edge import EdgeMiddleware
-from ragline_api.limits import ConcurrencyLimiter, RateLimiter
+from ragline_api.limits import RateLimiter, build_admission
 from ragline_api.metrics import ApiMetrics
 from ragline_api.routes import router
 from ragline_api.settings import ApiSettings
@@ -184,7 +184,7 @@ def build(api: ApiSettings, release: ReleaseSettings) -> Service:
             EdgeMiddleware,
             keys=None,
             rate=RateLimiter(api.effective_rate_limit(), api.rate_limit_burst),
-            slots=ConcurrencyLimiter(api.max_concurrency, api.max_queue, api.queue_timeout_seconds),
+            slots=build_admission(api),
             max_body_bytes=api.max_body_bytes,
             metrics=api_metrics,
         )

@@ -13,12 +13,11 @@ from ragline_api.auth import KeyChecker
 from ragline_api.clients import Downstreams
 from ragline_api.core import QueryPipeline
 from ragline_api.edge import EdgeMiddleware
-from ragline_api.limits import RateLimiter
+from ragline_api.limits import RateLimiter, build_admission
 from ragline_api.metrics import ApiMetrics
 from ragline_api.openai_routes import router as openai_router
 from ragline_api.routes import router
 from ragline_api.settings import ApiSettings
-from ragline_common.admission import AdmissionController, GradientLimit, GradientParams
 from ragline_common.health import Readiness
 from ragline_common.http import create_app
 from ragline_common.metrics import RequestMetrics
@@ -53,16 +52,7 @@ def build(settings: ApiSettings, release: ReleaseSettings | None = None) -> Serv
     else:
         keys = None
         log.warning("authentication is OFF (API_ENABLE_AUTH=false): anyone who reaches this port can use the API")
-    ceiling = settings.max_concurrency
-    floor = min(settings.min_concurrency, ceiling)
-    params = GradientParams(
-        min_limit=floor, max_limit=ceiling, initial_limit=max(floor, min(32, ceiling)),
-        tolerance=settings.admission_tolerance,
-    )  # fmt: skip
-    limit = GradientLimit(params, on_change=api_metrics.admission_limit.set)
-    slots = AdmissionController(
-        limit, max_queue=settings.max_queue, timeout=settings.queue_timeout_seconds, what="the gateway"
-    )
+    slots = build_admission(settings, on_change=api_metrics.admission_limit.set)
     # Innermost of the user middleware: the request-id middleware (outer) still stamps edge refusals.
     app.user_middleware.append(
         Middleware(

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragline_api.auth import KeyChecker
-from ragline_api.limits import QueueFull, QueueTimeout, RateLimiter, admission_wait
+from ragline_api.limits import RateLimiter, admission_wait
 from ragline_api.metrics import ApiMetrics
 from ragline_common import tracing
 from ragline_common.admission import AdmissionFull, AdmissionTimeout
@@ -32,9 +32,9 @@ def _reason(exc: RaglineError) -> str:
         return "too_large"
     if isinstance(exc, Unauthenticated):
         return "unauthenticated"
-    if isinstance(exc, (QueueFull, AdmissionFull)):
+    if isinstance(exc, AdmissionFull):
         return "queue_full"
-    if isinstance(exc, (QueueTimeout, AdmissionTimeout)):
+    if isinstance(exc, AdmissionTimeout):
         return "queue_timeout"
     if isinstance(exc, Overloaded):
         return "rate_limited"
@@ -53,7 +53,7 @@ async def send_error(send: Send, exc: RaglineError) -> None:
 
 
 class Slots(Protocol):
-    """Admission: ragline_common.admission.AdmissionController, or a fixed ConcurrencyLimiter."""
+    """Admission: ragline_common.admission.AdmissionController (see limits.build_admission)."""
 
     async def acquire(self) -> float: ...
 

@@ -1,14 +1,15 @@
-"""Edge limits: per-caller token buckets, and a fixed concurrency cap (the adaptive one is in ragline_common)."""
+"""Edge limits: per-caller token buckets, and the gateway's admission built from its settings."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from contextvars import ContextVar
 
-from ragline_common.errors import Overloaded, Unavailable
+from ragline_api.settings import ApiSettings
+from ragline_common.admission import AdmissionController, GradientLimit, GradientParams
+from ragline_common.errors import Overloaded
 
 # Seconds this request waited in line for admission. Its deadline counts from arrival, not from admission: the
 # hops get that much less, so a request that waited is not answered later than its deadline allows.
@@ -44,54 +45,18 @@ class RateLimiter:
             self._buckets.popitem(last=False)
 
 
-class QueueFull(Overloaded):
-    pass
-
-
-class QueueTimeout(Unavailable):
-    pass
-
-
-class ConcurrencyLimiter:
-    """At most `limit` requests run; up to `max_queue` wait (FIFO) at most `timeout` s; the rest are refused."""
-
-    def __init__(self, limit: int, max_queue: int, timeout: float) -> None:
-        self.limit = limit
-        self.max_queue = max_queue
-        self.timeout = timeout
-        self.active = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def acquire(self) -> float:
-        """Take a slot; return the seconds spent waiting for it."""
-        if self.active < self.limit and not self._waiters:
-            self.active += 1
-            return 0.0
-        if len(self._waiters) >= self.max_queue:
-            raise QueueFull(f"the gateway is at capacity ({self.limit} requests in flight, queue full)")
-        start = time.perf_counter()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), self.timeout)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            if fut.done() and not fut.cancelled():
-                self.release()  # the slot was handed over just as we gave up: pass it on
-            else:
-                fut.cancel()
-                self._waiters.remove(fut)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise QueueTimeout(
-                f"the gateway is at capacity; no slot freed within {self.timeout:g}s", retry_after=1.0
-            ) from None
-        return time.perf_counter() - start
-
-    def release(self, latency: float | None = None) -> None:
-        """Give the slot back (`latency` is accepted for the adaptive controller's interface, and unused)."""
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)  # hand the slot over: `active` stays the same
-                return
-        self.active -= 1
+def build_admission(settings: ApiSettings, on_change: Callable[[int], None] | None = None) -> AdmissionController:
+    """The gateway's admission from its settings: an adaptive limit between API_MIN_CONCURRENCY and
+    API_MAX_CONCURRENCY (equal: a fixed limit), a wait line of at most API_MAX_QUEUE."""
+    ceiling = settings.max_concurrency
+    floor = min(settings.min_concurrency, ceiling)
+    params = GradientParams(
+        min_limit=floor, max_limit=ceiling, initial_limit=max(floor, min(32, ceiling)),
+        tolerance=settings.admission_tolerance,
+    )  # fmt: skip
+    return AdmissionController(
+        GradientLimit(params, on_change=on_change),
+        max_queue=settings.max_queue,
+        timeout=settings.queue_timeout_seconds,
+        what="the gateway",
+    )

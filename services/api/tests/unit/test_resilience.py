@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from ragline_api.clients import hop_timeout, unavailable_reason
-from ragline_api.limits import ConcurrencyLimiter, QueueFull, QueueTimeout, RateLimiter, admission_wait
+from ragline_api.limits import RateLimiter, admission_wait
 from ragline_api.resilience import CircuitBreaker, CircuitOpen, CircuitState, RetryBudget
 from ragline_common import context
 from ragline_common.errors import ERROR_KIND_KEY, DeadlineExceeded, Overloaded
@@ -99,30 +99,6 @@ def test_rate_limiter_forgets_old_callers() -> None:
     for i in range(100):
         rl.check(f"k{i}")
     assert len(rl._buckets) == 10
-
-
-async def test_concurrency_limiter_hands_slots_over_in_order() -> None:
-    lim = ConcurrencyLimiter(limit=1, max_queue=1, timeout=1)
-    assert await lim.acquire() == 0.0
-    waiter = asyncio.create_task(lim.acquire())
-    await asyncio.sleep(0)
-    with pytest.raises(QueueFull):
-        await lim.acquire()
-    lim.release()
-    assert await waiter >= 0
-    assert lim.active == 1
-    lim.release()
-    assert lim.active == 0
-
-
-async def test_concurrency_limiter_times_out_and_cleans_up() -> None:
-    lim = ConcurrencyLimiter(limit=1, max_queue=5, timeout=0.05)
-    await lim.acquire()
-    with pytest.raises(QueueTimeout):
-        await lim.acquire()
-    assert not lim._waiters
-    lim.release()
-    assert lim.active == 0
 
 
 # Through the gateway ---------------------------------------------------------------------------------------------
