@@ -15,6 +15,7 @@ from ragline_common.metrics import RequestMetrics
 from ragline_embedder.metrics import EmbedderMetrics
 from ragline_generator.metrics import GeneratorMetrics
 from ragline_retriever.metrics import RetrieverMetrics
+from tests.monitoring.promql import panel_exprs
 
 pytestmark = pytest.mark.unit
 
@@ -45,21 +46,7 @@ def queried(text: str) -> set[str]:
 
 
 def exprs(dashboard: dict) -> str:
-    found: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("expr", "query") and isinstance(value, str):
-                    found.append(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(dashboard)
-    return "\n".join(found)
+    return "\n".join(panel_exprs(dashboard))
 
 
 def test_there_is_a_dashboard_and_it_queries_ragline_metrics() -> None:

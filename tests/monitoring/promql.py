@@ -39,8 +39,8 @@ def alert_names() -> list[str]:
     return [r["alert"] for g in alert_groups() for r in g["rules"] if "alert" in r]
 
 
-def dashboard_queries(namespace: str) -> list[str]:
-    """Every query of the dashboard, its $namespace variable set, label_values() turned into PromQL."""
+def panel_exprs(dashboard: object) -> list[str]:
+    """Every `expr` and `query` string of a Grafana dashboard, in document order."""
     found: list[str] = []
 
     def walk(node: object) -> None:
@@ -54,9 +54,14 @@ def dashboard_queries(namespace: str) -> list[str]:
             for item in node:
                 walk(item)
 
-    walk(json.loads(DASHBOARD.read_text()))
+    walk(dashboard)
+    return found
+
+
+def dashboard_queries(namespace: str) -> list[str]:
+    """Every query of the dashboard, its $namespace variable set, label_values() turned into PromQL."""
     queries = []
-    for q in dict.fromkeys(found):
+    for q in dict.fromkeys(panel_exprs(json.loads(DASHBOARD.read_text()))):
         if q == "prometheus":  # the datasource variable's plugin type, not a query
             continue
         m = LABEL_VALUES.match(q)
