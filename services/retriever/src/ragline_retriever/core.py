@@ -208,9 +208,13 @@ class Retriever:
             if mode == "hybrid":
                 # A query of stop words only has no lexical part (None): dense alone answers it.
                 sparse = self.sparse.encode_query(query)
-            found = await self.store.search(
-                SearchQuery(dense, sparse, k, conditions, max(s.hybrid_candidates, k), s.rrf_k)
-            )
+            try:
+                found = await self.store.search(
+                    SearchQuery(dense, sparse, k, conditions, max(s.hybrid_candidates, k), s.rrf_k)
+                )
+            except NotFound as exc:
+                # The collection went away under us (deleted on the server): the service's fault, not the caller's.
+                raise Unavailable(f"the collection is missing from the store: {exc.message}") from None
             done = time.perf_counter()
         self.metrics.search_seconds.labels(mode).observe(done - embedded)
         hits = [
